@@ -1,0 +1,109 @@
+"""Command line: `advmoe run | list | bench | fetch`; bad input ends in one line and exit status 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from . import data as datalib
+from . import experiments as ex
+
+
+def _specs(args) -> list[ex.ExperimentSpec]:
+    seeds = tuple(args.seeds) if args.seeds else None
+    specs = ex.table1(args.preset, seeds)
+    if args.only:
+        specs = [s for s in specs if any(o in s.name for o in args.only)]
+        if not specs:
+            raise ValueError(f"--only {args.only} matches no experiment of preset {args.preset!r}; "
+                             f"see: advmoe list --preset {args.preset}")
+    return specs
+
+
+def cmd_run(args) -> int:
+    specs = _specs(args)
+    ex.resolve_device(args.device)
+    t0 = time.perf_counter()
+    for i, spec in enumerate(specs, 1):
+        print(f"[{i}/{len(specs)}] {spec.name} ({spec.hash})", flush=True)
+        m = ex.get(spec, args.device, recompute=args.recompute, progress=not args.no_progress)
+        f = m["final"]
+        print(f"    SA {100 * f['sa']:.2f}  RA(PGD-{spec.eval_steps}) {100 * f['ra']:.2f}  GFLOPs {f['gflops']:.4f}  "
+              f"train {m['provenance']['train_seconds_total']:.0f}s  eval {m['provenance']['eval_seconds']:.0f}s  "
+              f"sanity {'ok' if all(f['sanity'].values()) else 'FAILED ' + str(f['sanity'])}", flush=True)
+    print(f"done: {len(specs)} experiment(s) in {time.perf_counter() - t0:.0f}s", flush=True)
+    return 0
+
+
+def cmd_list(args) -> int:
+    for spec in _specs(args):
+        path = ex.result_dir(spec) / "metrics.json"
+        print(f"{spec.name:55s} {spec.hash}  {'stored' if path.is_file() else 'not run'}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import main as bench_main
+    result = bench_main(width=args.width, batch=args.batch, train_batch=args.train_batch, repeats=args.repeats,
+                        output=args.output)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    return 0
+
+
+def cmd_fetch(args) -> int:
+    print(f"{args.dataset} ready in {datalib.fetch(args.dataset)}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="advmoe", description="AdvMoE reproduction: train, evaluate, benchmark.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_selection(q):
+        q.add_argument("--preset", default="cpu", help=f"one of {', '.join(ex.PRESETS)} (default: cpu)")
+        q.add_argument("--only", nargs="*", help="run only experiments whose name contains one of these strings")
+        q.add_argument("--seeds", nargs="*", type=int, help="seeds (default: the preset's)")
+
+    q = sub.add_parser("run", help="train and evaluate the Table-1 slice of a preset (stored results are reused)")
+    with_selection(q)
+    q.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    q.add_argument("--recompute", action="store_true", help="retrain from scratch even if a result is stored")
+    q.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    q.set_defaults(func=cmd_run)
+
+    q = sub.add_parser("list", help="list a preset's experiments and whether they are stored")
+    with_selection(q)
+    q.set_defaults(func=cmd_list)
+
+    q = sub.add_parser("bench", help="wall-clock of Dense, S-Dense, sparse MoE and the dense+mask reference")
+    q.add_argument("--width", type=int, default=64, help="ResNet-18 base width (default: 64, the paper's)")
+    q.add_argument("--batch", type=int, default=256, help="inference batch size (default: 256)")
+    q.add_argument("--train-batch", type=int, default=128, help="training batch size (default: 128)")
+    q.add_argument("--repeats", type=int, default=3, help="timed repetitions per measurement (default: 3)")
+    q.add_argument("--output", help="also write the result as JSON to this file")
+    q.add_argument("--json", action="store_true", help="print the result as JSON")
+    q.set_defaults(func=cmd_bench)
+
+    q = sub.add_parser("fetch", help="put a dataset under data/ (unpack the shared JPEG copy or download)")
+    q.add_argument("dataset", help=f"one of {', '.join(datalib.DATASETS)}")
+    q.set_defaults(func=cmd_fetch)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, datalib.DataMissingError, FileNotFoundError) as e:
+        print(f"advmoe: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("advmoe: interrupted; finished experiments and the last epoch checkpoint are kept, re-run to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Per-example inference cost of the executed pathway, in GFLOPs as the paper counts them.
+
+The paper's Table 1 gives 0.54 "GFLOPS" for CIFAR ResNet-18, which is its number of
+multiply-accumulates (MACs); we report MACs / 1e9 under the same name. Convolutions and linear
+layers are counted (BatchNorm, ReLU, pooling and additions are not, as is customary). An MoE conv
+counts one expert (r*C_out x r*C_in) plus its router: the pathway a single example executes.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .models.moe import MoEConv2d
+
+
+def conv_macs(c_in: int, c_out: int, k: int, h_out: int, w_out: int, groups: int = 1) -> int:
+    return c_out * (c_in // groups) * k * k * h_out * w_out
+
+
+def gflops(model: nn.Module, input_size=(3, 32, 32)) -> float:
+    """Analytic MACs per example / 1e9; one forward of a single dummy example fixes the spatial sizes."""
+    macs = []
+
+    def count(module, inputs, output):
+        if isinstance(module, MoEConv2d):  # one expert per example
+            macs.append(conv_macs(module.in_channels, module.out_channels, module.kernel_size, *output.shape[2:]))
+        elif isinstance(module, nn.Conv2d):
+            macs.append(conv_macs(module.in_channels, module.out_channels, module.kernel_size[0],
+                                  *output.shape[2:], module.groups))
+        elif isinstance(module, nn.Linear):
+            macs.append(module.in_features * module.out_features)
+
+    handles = [m.register_forward_hook(count) for m in model.modules()
+               if isinstance(m, (MoEConv2d, nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *input_size, device=next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return sum(macs) / 1e9

@@ -1,0 +1,77 @@
+"""Model registry: `create_model(backbone, kind, scale, n_experts, num_classes, router)`.
+
+Every backbone file provides one constructor taking (widths, num_classes, make_conv); the registry
+turns (kind, scale, n_experts, router) into the widths and the conv factory, so a new backbone
+(WRN-28-10, VGG-16, DenseNet) is one file plus one line in BACKBONES.
+"""
+from __future__ import annotations
+
+import fnmatch
+
+from torch import nn
+
+from .moe import (MoEConv2d, Router, RoutedNet, Routes, SharedRouter, backbone_parameters, dense_reference,
+                  moe_layers, record_routing, router_parameters)
+from .resnet import resnet18
+
+BACKBONES = {"resnet18": (resnet18, 64)}  # name -> (constructor, paper base width)
+KINDS = ("dense", "s-dense", "moe")
+ROUTERS = ("per-layer", "shared")
+
+
+def scaled(channels: int, scale: float) -> int:
+    return max(1, int(round(channels * scale)))
+
+
+def check_model_args(backbone: str, kind: str, scale: float, n_experts: int, router: str,
+                     num_classes: int = 10, base_width: int | None = None) -> None:
+    """Raise ValueError naming the allowed values; called before any compute."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; allowed: {', '.join(BACKBONES)}")
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; allowed: {', '.join(KINDS)}")
+    if not isinstance(scale, (int, float)) or not 0 < scale <= 1:
+        raise ValueError(f"scale must be in (0, 1], got {scale!r}")
+    if kind == "dense" and scale != 1:
+        raise ValueError(f"kind 'dense' is the full-width model (scale 1); use kind 's-dense' for scale {scale}")
+    if not isinstance(n_experts, int) or n_experts < 1:
+        raise ValueError(f"n_experts must be an integer >= 1, got {n_experts!r}")
+    if router not in ROUTERS:
+        raise ValueError(f"unknown router {router!r}; allowed: {', '.join(ROUTERS)}")
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    if base_width is not None and (not isinstance(base_width, int) or base_width < 1):
+        raise ValueError(f"base_width must be a positive integer, got {base_width!r}")
+
+
+def create_model(backbone: str, kind: str, scale: float = 1.0, n_experts: int = 2, num_classes: int = 10,
+                 router: str = "per-layer", base_width: int | None = None) -> RoutedNet:
+    """Dense (r = 1), S-Dense (every width times r) or MoE (S-Dense widths, 3x3 block convs of N experts).
+
+    base_width defaults to the paper's (64 for ResNet-18); smaller values give the cheaper models of
+    the `cpu` preset.
+    """
+    check_model_args(backbone, kind, scale, n_experts, router, num_classes, base_width)
+    build, paper_width = BACKBONES[backbone]
+    width = scaled(base_width or paper_width, scale)
+
+    def make_conv(c_in: int, c_out: int, stride: int) -> nn.Module:
+        if kind == "moe":
+            return MoEConv2d(c_in, c_out, n_experts, 3, stride, 1, router=router == "per-layer")
+        return nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+
+    model = build([width], num_classes, make_conv)
+    if kind == "moe" and router == "shared":
+        model.shared_router = SharedRouter(n_experts)
+    return model
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered '<backbone>-<kind>' names matching a glob pattern."""
+    names = [f"{b}-{k}" for b in BACKBONES for k in KINDS]
+    return [n for n in names if fnmatch.fnmatch(n, pattern)]
+
+
+__all__ = ["create_model", "list_models", "check_model_args", "BACKBONES", "KINDS", "ROUTERS", "MoEConv2d",
+           "Router", "SharedRouter", "RoutedNet", "Routes", "record_routing", "dense_reference", "moe_layers",
+           "router_parameters", "backbone_parameters"]

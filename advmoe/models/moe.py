@@ -1,0 +1,188 @@
+"""The MoE convolution and its routers (paper Sec. 3 "Model setup", Fig. A1).
+
+An MoE conv holds N experts. Expert e owns output slice e of one conv weight with
+N * r*C_out outputs and r*C_in inputs (the authors' layout), so one expert is an
+r*C_out x r*C_in kernel and the layer returns the chosen expert's r*C_out channels.
+Routing is top-1 with a straight-through gradient to the router logits, as in the
+authors' code: the chosen expert's output is multiplied by 1 + p - stop_grad(p),
+where p is the router's softmax probability of that expert (value 1, gradient dp).
+
+Execution is really sparse: each sample runs only its chosen expert (the batch is
+grouped by expert). `dense_reference(model)` switches to computing every expert and
+masking; it exists for the tests and the benchmark only, never for training.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Router(nn.Module):
+    """Per-layer gate (paper Fig. A1): global average pool of the layer input -> linear."""
+
+    def __init__(self, in_channels: int, n_experts: int):
+        super().__init__()
+        self.fc = nn.Linear(in_channels, n_experts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.mean((2, 3)))
+
+
+class SharedRouter(nn.Module):
+    """The authors' released variant: one small CNN on the image; every MoE layer follows its choice."""
+
+    def __init__(self, n_experts: int, width: int = 16):
+        super().__init__()
+        layers, c_in = [], 3
+        for c_out, stride in [(width, 1), (2 * width, 2), (4 * width, 2)]:
+            layers += [nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+            c_in = c_out
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(c_in, n_experts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+class MoEConv2d(nn.Module):
+    """A conv layer of N experts with top-1 routing (no bias; a BatchNorm follows it)."""
+
+    def __init__(self, in_channels: int, out_channels: int, n_experts: int, kernel_size: int = 3,
+                 stride: int = 1, padding: int = 1, router: bool = True):
+        super().__init__()
+        self.in_channels, self.out_channels, self.n_experts = in_channels, out_channels, n_experts
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.weight = nn.Parameter(torch.empty(n_experts * out_channels, in_channels, kernel_size, kernel_size))
+        for w in self.weight.split(out_channels):  # each expert initialised like its own nn.Conv2d
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+        self.router = Router(in_channels, n_experts) if router else None
+        self.shared_logits: torch.Tensor | None = None  # set by RoutedNet when the router is shared
+        self.dense_reference = False
+        self.record: list[torch.Tensor] | None = None
+
+    def expert_weight(self, e: int) -> torch.Tensor:
+        return self.weight[e * self.out_channels:(e + 1) * self.out_channels]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.router(x) if self.router is not None else self.shared_logits
+        if logits is None:
+            raise RuntimeError("MoEConv2d without its own router must run inside a RoutedNet")
+        choice = logits.argmax(1)
+        if self.record is not None:
+            self.record.append(choice.detach().cpu())
+        out = self._dense_masked(x, choice) if self.dense_reference else self._sparse(x, choice)
+        if logits.requires_grad:  # straight-through gate: forward value 1, gradient to the router logits
+            p = logits.softmax(1).gather(1, choice[:, None]).squeeze(1)
+            out = out * (1 + p - p.detach()).view(-1, 1, 1, 1)
+        return out
+
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, weight, None, self.stride, self.padding)
+
+    def _sparse(self, x: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
+        counts = torch.bincount(choice, minlength=self.n_experts).tolist()
+        used = [e for e, c in enumerate(counts) if c]
+        if len(used) == 1:  # the whole batch chose one expert: no regrouping needed
+            return self._conv(x, self.expert_weight(used[0]))
+        out = None
+        for e in used:  # gather the expert's samples, convolve, scatter back: two copies per expert
+            idx = (choice == e).nonzero().squeeze(1)
+            y = self._conv(x.index_select(0, idx), self.expert_weight(e))
+            if out is None:
+                out = y.new_empty(x.shape[0], *y.shape[1:])
+            out.index_copy_(0, idx, y)
+        return out
+
+    def _dense_masked(self, x: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
+        y = self._conv(x, self.weight)  # every expert on every sample (the authors' released layer)
+        y = y.view(y.shape[0], self.n_experts, self.out_channels, *y.shape[2:])
+        mask = F.one_hot(choice, self.n_experts).to(y.dtype).view(-1, self.n_experts, 1, 1, 1)
+        return (y * mask).sum(1)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, n_experts={self.n_experts}, "
+                f"kernel_size={self.kernel_size}, stride={self.stride}, shared_router={self.router is None}")
+
+
+class RoutedNet(nn.Module):
+    """Base of every backbone: runs the shared router (if any) before the network itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.shared_router: SharedRouter | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shared_router is not None:
+            logits = self.shared_router(x)
+            for m in moe_layers(self).values():
+                m.shared_logits = logits
+        try:
+            return self.forward_features(x)
+        finally:
+            if self.shared_router is not None:
+                for m in moe_layers(self).values():
+                    m.shared_logits = None
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def moe_layers(model: nn.Module) -> dict[str, MoEConv2d]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, MoEConv2d)}
+
+
+def is_router_parameter(name: str) -> bool:
+    return "router" in name.split(".")
+
+
+def router_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """phi of the paper (Sec. 4): the parameters of every router."""
+    return [p for n, p in model.named_parameters() if is_router_parameter(n)]
+
+
+def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """psi of the paper (Sec. 4): everything that is not a router."""
+    return [p for n, p in model.named_parameters() if not is_router_parameter(n)]
+
+
+class Routes(dict):
+    """Layer name -> expert index per sample, filled by `record_routing` (tensors after the with-block)."""
+
+    def histogram(self) -> dict[str, list[int]]:
+        return {name: torch.bincount(c, minlength=n).tolist() for name, (c, n) in self._sizes().items()}
+
+    def _sizes(self):
+        return {name: (choice, self.n_experts[name]) for name, choice in self.items()}
+
+
+@contextlib.contextmanager
+def record_routing(model: nn.Module):
+    """`with record_routing(model) as routes: model(x)`; afterwards routes[layer] is a LongTensor (n_samples,)."""
+    layers = moe_layers(model)
+    routes = Routes()
+    routes.n_experts = {name: m.n_experts for name, m in layers.items()}
+    for m in layers.values():
+        m.record = []
+    try:
+        yield routes
+    finally:
+        for name, m in layers.items():
+            routes[name] = torch.cat(m.record) if m.record else torch.empty(0, dtype=torch.long)
+            m.record = None
+
+
+@contextlib.contextmanager
+def dense_reference(model: nn.Module):
+    """Compute every expert and mask (the authors' layer): for tests and the benchmark only."""
+    layers = moe_layers(model).values()
+    for m in layers:
+        m.dense_reference = True
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m.dense_reference = False

@@ -1,0 +1,56 @@
+"""CIFAR ResNet-18 (3x3 stem, no max-pool; the implementation the paper cites, Appendix B [71]).
+
+One definition serves Dense, S-Dense and MoE: `make_conv` decides what a 3x3 conv of a residual
+block is (a plain conv, or an MoE conv of N experts), and every width is already scaled by r.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .moe import RoutedNet
+
+MakeConv = Callable[[int, int, int], nn.Module]  # (in_channels, out_channels, stride) -> 3x3 conv
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int, make_conv: MakeConv):
+        super().__init__()
+        self.conv1, self.bn1 = make_conv(c_in, c_out, stride), nn.BatchNorm2d(c_out)
+        self.conv2, self.bn2 = make_conv(c_out, c_out, 1), nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class ResNet18(RoutedNet):
+    def __init__(self, widths: list[int], num_classes: int, make_conv: MakeConv, blocks=(2, 2, 2, 2)):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
+                                  nn.ReLU(inplace=True))
+        stages, c_in = [], widths[0]
+        for i, (c_out, n) in enumerate(zip(widths, blocks)):
+            stride = 1 if i == 0 else 2
+            stage = []
+            for j in range(n):
+                stage.append(BasicBlock(c_in, c_out, stride if j == 0 else 1, make_conv))
+                c_in = c_out
+            stages.append(nn.Sequential(*stage))
+        self.layers = nn.Sequential(*stages)
+        self.fc = nn.Linear(c_in, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.layers(self.stem(x)).mean((2, 3)))
+
+
+def resnet18(widths: list[int], num_classes: int, make_conv: MakeConv) -> ResNet18:
+    base = widths[0]
+    return ResNet18([base, 2 * base, 4 * base, 8 * base], num_classes, make_conv)

@@ -1,0 +1,157 @@
+"""Methods and the one training loop.
+
+A method is what one iteration does; the loop (epochs, cosine schedule, checkpoint/resume, progress)
+is written once:
+  standard  cross-entropy on clean data (the paper's "standard training", Fig. 1b);
+  at        TRADES on all parameters: AT(Dense), AT(S-Dense), AT(MoE) (Sec. 3, Eq. (AT));
+  advmoe    Algorithm 1: a TRADES step of the routers on one batch, then a TRADES step of the
+            backbone on a different batch, each against a fresh K-step PGD attack on the model as
+            it is at that moment (Sec. 4).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import data as datalib
+from .attacks import pgd
+from .evaluate import accuracy
+from .io import atomic_torch_save, load_checkpoint
+from .losses import trades_loss
+from .models import backbone_parameters, router_parameters
+
+METHODS = ("standard", "at", "advmoe")
+
+
+@contextlib.contextmanager
+def only_training(model: nn.Module, params: list[nn.Parameter]):
+    """Train mode with gradients only for `params` (the rest is fixed, and autograd skips its weight grads)."""
+    chosen = {id(p) for p in params}
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.train()
+    for p, _ in flags:
+        p.requires_grad_(id(p) in chosen)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def sgd(params: list[nn.Parameter], spec) -> torch.optim.SGD:
+    # Appendix B: SGD, momentum 0.9, weight decay 5e-4, initial lr 0.1 for every method.
+    return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+
+
+def make_optimizers(model: nn.Module, spec) -> dict[str, torch.optim.Optimizer]:
+    if spec.method == "advmoe":  # routers (phi) and backbone (psi) are optimised alternately, same lr/schedule
+        return {"router": sgd(router_parameters(model), spec), "backbone": sgd(backbone_parameters(model), spec)}
+    return {"all": sgd(list(model.parameters()), spec)}
+
+
+def trades_step(model, params, optimizer, x, y, spec) -> tuple[float, float]:
+    """One TRADES update of `params` (the other parameters fixed) against a fresh PGD-KL attack."""
+    x_adv = pgd(model, x, y, spec.train_eps, spec.train_step_size, spec.train_steps, loss="kl")
+    with only_training(model, params):
+        loss, logits = trades_loss(model, x, x_adv, y, spec.beta)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return loss.item(), (logits.argmax(1) == y).float().mean().item()
+
+
+def standard_step(model, params, optimizer, x, y, spec) -> tuple[float, float]:
+    with only_training(model, params):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return loss.item(), (logits.argmax(1) == y).float().mean().item()
+
+
+def iteration(model, optimizers, batch, other_batch, spec) -> tuple[float, float]:
+    """What one iteration of `spec.method` does; returns (loss, clean accuracy) of the backbone/all step."""
+    x, y = batch
+    if spec.method == "standard":
+        return standard_step(model, list(model.parameters()), optimizers["all"], x, y, spec)
+    if spec.method == "at":
+        return trades_step(model, list(model.parameters()), optimizers["all"], x, y, spec)
+    # Algorithm 1, line 4: lower level, routers phi on batch B_phi with the backbone psi fixed.
+    trades_step(model, router_parameters(model), optimizers["router"], *other_batch, spec)
+    # Algorithm 1, line 5: upper level, backbone psi on batch B_psi with the routers phi fixed.
+    return trades_step(model, backbone_parameters(model), optimizers["backbone"], x, y, spec)
+
+
+def cosine(total_iterations: int):
+    return lambda it: 0.5 * (1 + math.cos(math.pi * min(it, total_iterations) / total_iterations))
+
+
+def train(spec, model: nn.Module, train_data: datalib.ImageData, test_data: datalib.ImageData, workdir: Path,
+          device: torch.device, progress: bool = True) -> list[dict]:
+    """Train `model` by `spec.method`, checkpointing atomically after every epoch; resume if a checkpoint exists.
+
+    Returns the per-epoch history.
+    """
+    n_iter = len(train_data) // spec.batch_size
+    optimizers = make_optimizers(model, spec)
+    schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, cosine(spec.epochs * n_iter)) for k, o in optimizers.items()}
+    generator = torch.Generator().manual_seed(spec.seed)
+    history: list[dict] = []
+    start = 0
+    ckpt_path = Path(workdir) / "checkpoint.pt"
+    if ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, spec)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            for k in optimizers:
+                optimizers[k].load_state_dict(state["optimizers"][k])
+                schedulers[k].load_state_dict(state["schedulers"][k])
+            generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            history, start = state["history"], state["epoch"]
+
+    def batch(idx: torch.Tensor, augment: bool = True):
+        x = train_data.images[idx]
+        x = datalib.augment(x, generator) if augment else x
+        return datalib.to_float(x, device), train_data.labels[idx].to(device)
+
+    for epoch in range(start, spec.epochs):
+        t0 = time.perf_counter()
+        perm = torch.randperm(len(train_data), generator=generator)
+        batches = perm[: n_iter * spec.batch_size].view(n_iter, spec.batch_size)
+        losses, accs = [], []
+        bar = tqdm(range(n_iter), desc=f"{spec.name} epoch {epoch + 1}/{spec.epochs}", disable=not progress,
+                   leave=False, dynamic_ncols=True)
+        for i in bar:
+            # AdvMoE draws a different batch for the routers: the one half an epoch away, so each example
+            # serves once as a router and once as a backbone example per epoch (Appendix B).
+            other = batch(batches[(i + n_iter // 2) % n_iter]) if spec.method == "advmoe" else None
+            loss, acc = iteration(model, optimizers, batch(batches[i]), other, spec)
+            for s in schedulers.values():
+                s.step()
+            losses.append(loss)
+            accs.append(acc)
+            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.2f}")
+        history.append({
+            "epoch": epoch + 1,
+            "lr": next(iter(optimizers.values())).param_groups[0]["lr"],
+            "train_loss": sum(losses) / len(losses),
+            "train_accuracy": sum(accs) / len(accs),
+            "test_sa": accuracy(model, test_data, device, progress=False),
+            "seconds": time.perf_counter() - t0,
+        })
+        atomic_torch_save({
+            "spec_hash": spec.hash, "epoch": epoch + 1, "model": model.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
+        }, ckpt_path)
+    return history
