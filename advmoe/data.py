@@ -87,16 +87,30 @@ def load(name: str, split: str, root: Path | None = None, subset: int | None = N
     return load_cifar(name, root, split == "train").subset(subset, seed)
 
 
-def load_cifar(name: str, root: Path, train: bool) -> ImageData:
-    from torchvision import datasets
+CIFAR_FILES = {  # the official pickles: (training files, test files, label key)
+    "cifar10": ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
+    "cifar100": (["train"], ["test"], "fine_labels"),
+}
 
-    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-    try:
-        ds = cls(str(root), train=train, download=False)
-    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
-        raise DataMissingError(f"{name} in {root} is missing or corrupt ({e}); get it with: {DATASETS[name][2]}") from None
-    images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
-    return ImageData(images, torch.tensor(ds.targets, dtype=torch.long), len(ds.classes), f"{name} (official files)")
+
+def load_cifar(name: str, root: Path, train: bool) -> ImageData:
+    """Read the official CIFAR-10/100 python pickles (the files torchvision downloads) into uint8 tensors."""
+    import pickle
+
+    folder = Path(root) / DATASETS[name][1]
+    train_files, test_files, key = CIFAR_FILES[name]
+    images, labels = [], []
+    for f in train_files if train else test_files:
+        try:
+            with open(folder / f, "rb") as fh:
+                batch = pickle.load(fh, encoding="latin1")
+            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels += list(batch[key])
+        except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as e:
+            raise DataMissingError(f"{folder / f} is missing or corrupt ({type(e).__name__}); "
+                                   f"get the official files with: {DATASETS[name][2]}") from None
+    return ImageData(torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.long),
+                     DATASETS[name][0], f"{name} (official files)")
 
 
 def load_image_folder(root: Path, source: str | None = None, subset: int | None = None, seed: int = 0) -> ImageData:

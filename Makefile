@@ -1,0 +1,34 @@
+# Fresh machine: `make test` and `make results` set up .venv from pyproject.toml themselves.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PRESET  ?= cpu
+DEVICE  ?= cpu
+SHARED  ?= ../shared
+
+.PHONY: install test data results bench clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e ".[book,test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# The CIFAR-10 JPEG copy, unpacked from ../shared when it is there (tests that need it are skipped otherwise).
+data: install
+	@if [ ! -d data/cifar10-jpeg ] && [ -f $(SHARED)/data/cifar10-jpeg.tar.gz ]; then \
+		ADVMOE_SHARED=$(SHARED) $(VENV)/bin/advmoe fetch cifar10-jpeg; fi
+
+test: install data
+	$(PY) -m pytest tests
+
+# Train and evaluate the Table-1 slice of a preset (stored results are reused; RECOMPUTE=1 retrains).
+results: install data
+	$(VENV)/bin/advmoe run --preset $(PRESET) --device $(DEVICE) $(if $(RECOMPUTE),--recompute)
+
+bench: install
+	$(VENV)/bin/advmoe bench --output results/bench/speed.json
+
+clean-venv:
+	rm -rf $(VENV)

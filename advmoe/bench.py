@@ -1,0 +1,95 @@
+"""Wall-clock of Dense, S-Dense (r = 0.5), sparse MoE (r = 0.5, N = 2) and the dense+mask MoE reference.
+
+Inference at batch 256 and one training iteration (TRADES with the 2-step training attack) at batch 128,
+as ratios to Dense. The MoE routers are given a large random term per sample, so every MoE layer really
+splits the batch between its experts (the case of a trained model, and the worst case for grouping);
+they keep their parameters, so the router's cost and gradient are in the timing.
+
+Targets (issue 2): sparse MoE inference <= 1.15x S-Dense and <= 0.75x the dense+mask reference; one
+AdvMoE iteration (router step + backbone step) <= 1.0x one AT(Dense) iteration at the same batch size.
+"""
+from __future__ import annotations
+
+import contextlib
+import platform
+import statistics
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from .experiments import make_spec
+from .io import atomic_write_json
+from .models import Router, SharedRouter, create_model, dense_reference
+from .train import iteration, make_optimizers
+
+
+def mixed_routing(model):
+    """Make every router's choice random per sample (its parameters still get gradients)."""
+    for m in model.modules():
+        if isinstance(m, (Router, SharedRouter)):
+            m.forward = lambda x, f=m.forward, n=m.fc.out_features: f(x) + 100 * torch.randn(x.shape[0], n)
+    return model
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main(width: int = 64, batch: int = 256, train_batch: int = 128, repeats: int = 3, output: str | None = None,
+         progress: bool = True) -> dict:
+    torch.manual_seed(0)
+    x, xt = torch.rand(batch, 3, 32, 32), torch.rand(train_batch, 3, 32, 32)
+    yt = torch.randint(0, 10, (train_batch,))
+    rows = {  # label -> (kind, scale, method, dense reference?)
+        "Dense": ("dense", 1.0, "at", False),
+        "S-Dense": ("s-dense", 0.5, "at", False),
+        "MoE (sparse)": ("moe", 0.5, "at", False),
+        "MoE (dense+mask)": ("moe", 0.5, "at", True),
+        "AdvMoE iteration": ("moe", 0.5, "advmoe", False),
+    }
+    result = {"width": width, "batch": batch, "train_batch": train_batch, "repeats": repeats,
+              "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+              "torch": torch.__version__, "seconds": {}}
+    for label, (kind, scale, method, reference) in tqdm(rows.items(), desc="bench", disable=not progress):
+        spec = make_spec("paper", kind, method, scale, base_width=width, batch_size=train_batch)
+        model = mixed_routing(create_model("resnet18", kind, scale, 2, base_width=width))
+        ctx = dense_reference(model) if reference else contextlib.nullcontext()
+        with ctx:
+            secs = {}
+            if method == "at":
+                model.eval()
+                with torch.no_grad():
+                    secs["inference"] = timed(lambda: model(x), repeats)
+            optimizers = make_optimizers(model, spec)
+            secs["train_iteration"] = timed(lambda: iteration(model, optimizers, (xt, yt), (xt, yt), spec), repeats)
+        result["seconds"][label] = secs
+    s = result["seconds"]
+    inf = {k: v["inference"] for k, v in s.items() if "inference" in v}
+    result["ratios_to_dense"] = {
+        "inference": {k: v / inf["Dense"] for k, v in inf.items()},
+        "train_iteration": {k: v["train_iteration"] / s["Dense"]["train_iteration"] for k, v in s.items()},
+    }
+    result["targets"] = {
+        "moe_inference_vs_sdense": (inf["MoE (sparse)"] / inf["S-Dense"], 1.15),
+        "moe_inference_vs_dense_mask": (inf["MoE (sparse)"] / inf["MoE (dense+mask)"], 0.75),
+        "advmoe_iteration_vs_at_dense": (s["AdvMoE iteration"]["train_iteration"] / s["Dense"]["train_iteration"], 1.0),
+    }
+    print(f"ResNet-18 base width {width}, {result['threads']} threads; inference batch {batch}, "
+          f"training batch {train_batch} (TRADES, 2-step PGD); median of {repeats}")
+    print(f"{'model':20s} {'inference s':>12s} {'x Dense':>8s} {'train it s':>11s} {'x Dense':>8s}")
+    for k, v in s.items():
+        r = result["ratios_to_dense"]
+        inf_s = f"{v['inference']:12.3f} {r['inference'][k]:8.2f}" if "inference" in v else f"{'-':>12s} {'-':>8s}"
+        print(f"{k:20s} {inf_s} {v['train_iteration']:11.3f} {r['train_iteration'][k]:8.2f}")
+    for name, (value, target) in result["targets"].items():
+        print(f"{name:32s} {value:.2f} (target <= {target:.2f}: {'met' if value <= target else 'NOT met'})")
+    if output:
+        atomic_write_json(result, output)
+    return result

@@ -1,0 +1,45 @@
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def class_images(n: int, num_classes: int, seed: int):
+    """Images whose mean colour depends on the class (so a model can learn them), and their labels."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % num_classes
+    base = (labels[:, None] * 255 // max(1, num_classes - 1)).astype(np.int64)
+    noise = rng.integers(-40, 41, size=(n, 3 * 32 * 32))
+    return np.clip(base + noise, 0, 255).astype(np.uint8), labels
+
+
+def write_cifar(root: Path, name: str = "cifar10", n_train: int = 100, n_test: int = 40) -> Path:
+    """A tiny dataset in the official pickle layout (python-2 style latin1 pickles, as distributed)."""
+    num_classes = 10 if name == "cifar10" else 100
+    folder = root / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
+    folder.mkdir(parents=True, exist_ok=True)
+    key = "labels" if name == "cifar10" else "fine_labels"
+    x, y = class_images(n_train, num_classes, 0)
+    files = [f"data_batch_{i}" for i in range(1, 6)] if name == "cifar10" else ["train"]
+    for f, xs, ys in zip(files, np.array_split(x, len(files)), np.array_split(y, len(files))):
+        with open(folder / f, "wb") as fh:
+            pickle.dump({"data": xs, key: ys.tolist()}, fh, protocol=2)
+    x, y = class_images(n_test, num_classes, 1)
+    with open(folder / ("test_batch" if name == "cifar10" else "test"), "wb") as fh:
+        pickle.dump({"data": x, key: y.tolist()}, fh, protocol=2)
+    return folder
+
+
+@pytest.fixture
+def tiny_data(tmp_path, monkeypatch):
+    """ADVMOE_DATA and ADVMOE_RESULTS pointed at a temporary tree holding a tiny official-format CIFAR-10."""
+    data = tmp_path / "data"
+    write_cifar(data, "cifar10", n_train=256, n_test=64)
+    monkeypatch.setenv("ADVMOE_DATA", str(data))
+    monkeypatch.setenv("ADVMOE_RESULTS", str(tmp_path / "results"))
+    return tmp_path

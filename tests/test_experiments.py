@@ -1,0 +1,123 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import advmoe
+from advmoe import data as datalib
+from advmoe import experiments as ex
+from advmoe.cli import main as cli
+
+
+def test_spec_hash_is_stable_and_sensitive():
+    a = ex.make_spec("smoke", "moe", "advmoe", 0.5)
+    assert a.hash == ex.make_spec("smoke", "moe", "advmoe", 0.5).hash and len(a.hash) == 8
+    assert a.hash != a.replace(seed=1).hash != a.replace(eval_steps=6).hash
+    assert ex.result_dir(a).name == f"{a.name}-{a.hash}" and ex.result_dir(a).parent.name == "smoke"
+
+
+def test_paper_preset_is_the_paper_protocol():
+    specs = ex.table1("paper")
+    assert len(specs) == 4 * 3  # Table 1: four methods, three trials
+    s = specs[0]
+    assert (s.epochs, s.batch_size, s.lr, s.momentum, s.weight_decay, s.beta) == (100, 128, 0.1, 0.9, 5e-4, 6.0)
+    assert (s.train_eps, s.train_steps, s.eval_eps, s.eval_step_size, s.eval_steps) == (8 / 255, 2, 8 / 255, 2 / 255, 50)
+    assert (s.base_width, s.dataset, s.train_subset, s.test_subset) == (64, "cifar10", None, None)
+    assert [(x.kind, x.method, x.scale) for x in specs[:4]] == [
+        ("dense", "at", 1.0), ("s-dense", "at", 0.5), ("moe", "at", 0.5), ("moe", "advmoe", 0.5)]
+
+
+@pytest.mark.parametrize("changes,needle", [
+    (dict(preset="fast"), "allowed: smoke, cpu, paper"),
+    (dict(dataset="imagenet"), "allowed: cifar10, cifar100, cifar10-jpeg"),
+    (dict(backbone="vgg16"), "allowed: resnet18"),
+    (dict(method="hydra"), "allowed: standard, at, advmoe"),
+    (dict(kind="s-dense"), "kind 'moe'"),
+    (dict(scale=0.0), "(0, 1]"),
+    (dict(scale=2.0), "(0, 1]"),
+    (dict(n_experts=0), "n_experts"),
+    (dict(train_eps=-1 / 255), "eps must be in [0, 1]"),
+    (dict(eval_eps=-0.1), "eps must be in [0, 1]"),
+    (dict(eval_steps=-1), "steps must be"),
+    (dict(epochs=0), "epochs must be"),
+    (dict(train_subset=40), "two batches"),
+])
+def test_bad_spec_fails_before_compute(changes, needle):
+    base = dict(preset="smoke", kind="moe", method="advmoe", scale=0.5, batch_size=32)
+    with pytest.raises(ValueError) as e:
+        ex.ExperimentSpec(**{**base, **changes})
+    assert needle in str(e.value)
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(capsys):
+    assert cli(["run", "--preset", "huge"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "allowed: smoke, cpu, paper" in err[0]
+    assert cli(["run", "--preset", "smoke", "--device", "tpu"]) == 2
+    assert "allowed: cpu, cuda, cuda:N, auto" in capsys.readouterr().err
+    assert cli(["run", "--preset", "smoke", "--only", "no-such-model"]) == 2
+
+
+def test_cli_help_everywhere():
+    for args in ([], ["run"], ["list"], ["bench"], ["fetch"]):
+        out = subprocess.run([sys.executable, "-m", "advmoe", *args, "--help"], capture_output=True, text=True)
+        assert out.returncode == 0 and "usage: advmoe" in out.stdout
+
+
+def test_missing_data_from_cli_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ADVMOE_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("ADVMOE_RESULTS", str(tmp_path / "results"))
+    assert cli(["run", "--preset", "smoke", "--only", "dense", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "advmoe fetch cifar10-jpeg" in err[0]
+    assert not (tmp_path / "results").exists(), "a failed run leaves nothing behind"
+
+
+def test_run_stores_metrics_with_provenance_and_get_reuses_them(tiny_data):
+    spec = ex.make_spec("smoke", "moe", "at", 0.5, dataset="cifar10", epochs=2, train_subset=64, batch_size=16,
+                        test_subset=32, eval_steps=3)
+    m = advmoe.run(spec, progress=False)
+    path = ex.result_dir(spec) / "metrics.json"
+    assert json.loads(path.read_text()) == json.loads(json.dumps(m))
+    assert m["spec"]["method"] == "at" and m["hash"] == spec.hash
+    assert [h["epoch"] for h in m["history"]] == [1, 2] and m["history"][1]["lr"] < m["history"][0]["lr"]
+    f = m["final"]
+    assert f["sanity"] == {"ra_eps0_equals_sa": True, "ra_nonincreasing_in_eps": True}
+    assert f["ra_by_eps"]["0/255"] == f["sa"] and f["ra"] <= f["sa"]
+    for hist in f["routing"].values():  # 16 MoE layers, every test image counted once per layer
+        assert len(hist) == 16 and all(sum(c) == 32 for c in hist.values())
+    p = m["provenance"]
+    assert {"git_commit", "versions", "device", "train_seconds_total", "eval_seconds"} <= p.keys()
+    assert p["versions"]["torch"] and m["data"]["train"].startswith("cifar10 (official")
+    mtime = path.stat().st_mtime_ns
+    assert advmoe.get(spec) == advmoe.load(spec) and path.stat().st_mtime_ns == mtime  # reused, not re-run
+    with pytest.raises(FileNotFoundError, match="advmoe run --preset smoke"):
+        advmoe.load(spec.replace(seed=5))
+
+
+def test_large_eps_drives_robust_accuracy_to_zero(tiny_data):
+    from advmoe.evaluate import accuracy, robust_accuracy
+    from advmoe.models import create_model
+    import torch
+
+    spec = ex.make_spec("smoke", "dense", "standard", dataset="cifar10", epochs=3, train_subset=256, batch_size=32,
+                        test_subset=64, eval_steps=2, lr=0.05)
+    advmoe.run(spec, progress=False)
+    model = create_model("resnet18", "dense", base_width=8)
+    model.load_state_dict(torch.load(ex.result_dir(spec) / "checkpoint.pt", weights_only=True)["model"])
+    test = datalib.load("cifar10", "test")
+    assert accuracy(model, test, "cpu", progress=False) > 0.3  # the class colours are learnable
+    assert robust_accuracy(model, test, "cpu", 1.0, 0.5, 5, progress=False) == 0.0
+
+
+@pytest.mark.skipif(not (datalib.data_dir() / "cifar10-jpeg").is_dir() and os.environ.get("CI") != "true",
+                    reason="the CIFAR-10 JPEG copy is not unpacked (advmoe fetch cifar10-jpeg); CI always has it")
+def test_smoke_preset_on_the_real_cifar10_copy(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADVMOE_RESULTS", str(tmp_path))
+    spec = ex.table1("smoke")[3]  # AdvMoE
+    m = advmoe.run(spec, progress=False)
+    assert m["data"]["train"].startswith("cifar10-jpeg") and m["data"]["n_train"] == spec.train_subset
+    assert m["history"][-1]["train_loss"] < m["history"][0]["train_loss"] + 0.5
+    assert all(m["final"]["sanity"].values())

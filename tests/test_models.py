@@ -1,0 +1,140 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import advmoe
+from advmoe.bench import mixed_routing
+from advmoe.flops import gflops
+from advmoe.models import (MoEConv2d, backbone_parameters, create_model, dense_reference, list_models, moe_layers,
+                           record_routing, router_parameters)
+
+KIND_ARGS = {"dense": dict(scale=1.0), "s-dense": dict(scale=0.5), "moe": dict(scale=0.5, n_experts=2)}
+REGISTRY = [(name.rsplit("-", 1)[0] if not name.endswith("s-dense") else name[:-len("-s-dense")],
+             name[len(name.split("-")[0]) + 1:]) for name in list_models()]
+
+
+def test_registry_lists_every_kind():
+    assert set(list_models("resnet18-*")) == {"resnet18-dense", "resnet18-s-dense", "resnet18-moe"}
+    assert list_models("nothing*") == []
+
+
+@pytest.mark.parametrize("backbone,kind", REGISTRY)
+@pytest.mark.parametrize("num_classes", [10, 100])
+def test_output_shape(backbone, kind, num_classes):
+    model = create_model(backbone, kind, num_classes=num_classes, base_width=8, **KIND_ARGS[kind])
+    assert model(torch.rand(5, 3, 32, 32)).shape == (5, num_classes)
+
+
+def test_moe_layout_and_widths():
+    dense = create_model("resnet18", "dense", base_width=16)
+    moe = create_model("resnet18", "moe", 0.5, 4, base_width=16)
+    layers = moe_layers(moe)
+    assert len(layers) == 16  # every 3x3 conv of the 8 residual blocks
+    first = layers["layers.0.0.conv1"]
+    assert first.weight.shape == (4 * 8, 8, 3, 3)  # N experts x (r*C_out) outputs, r*C_in inputs
+    assert dense.layers[0][0].conv1.weight.shape == (16, 16, 3, 3)
+    assert not moe_layers(dense)
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("router", ["per-layer", "shared"])
+def test_sparse_matches_dense_mask_reference(router):
+    torch.manual_seed(0)
+    model = mixed_routing(create_model("resnet18", "moe", 0.5, 3, router=router, base_width=8))
+    x, y = torch.rand(24, 3, 32, 32), torch.randint(0, 10, (24,))
+    results = []
+    for reference in (False, True):
+        model.zero_grad()
+        torch.manual_seed(1)  # the same random routing term in both passes
+        with (dense_reference(model) if reference else torch.enable_grad()), record_routing(model) as routes:
+            out = model(x)
+            F.cross_entropy(out, y).backward()
+        results.append((out.detach(), _grads(model), routes))
+    (out_s, g_s, routes), (out_d, g_d, _) = results
+    assert any(len(set(c.tolist())) > 1 for c in routes.values()), "routing must actually split the batch"
+    assert torch.allclose(out_s, out_d, atol=1e-5)
+    assert g_s.keys() == g_d.keys()
+    router_names = {n for n, _ in model.named_parameters() if "router" in n}
+    assert router_names & g_s.keys(), "the routers must receive gradients (straight-through)"
+    for n in g_s:
+        assert torch.allclose(g_s[n], g_d[n], atol=1e-5, rtol=1e-4), n
+
+
+def test_unchosen_expert_gets_no_gradient():
+    torch.manual_seed(0)
+    conv = MoEConv2d(4, 6, n_experts=2)
+    with torch.no_grad():
+        conv.router.fc.weight.zero_()
+        conv.router.fc.bias.copy_(torch.tensor([5.0, -5.0]))  # everyone picks expert 0
+    conv(torch.rand(3, 4, 8, 8)).sum().backward()
+    assert conv.weight.grad[:6].abs().sum() > 0 and conv.weight.grad[6:].abs().sum() == 0
+    assert conv.router.fc.bias.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("backbone,kind", REGISTRY)
+@pytest.mark.parametrize("router", ["per-layer", "shared"])
+def test_analytic_flops_match_flop_counter(backbone, kind, router):
+    model = create_model(backbone, kind, router=router, **KIND_ARGS[kind]).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.rand(1, 3, 32, 32))
+    assert gflops(model) == pytest.approx(counter.get_total_flops() / 2e9, rel=1e-6)  # the counter counts 2 per MAC
+
+
+def test_flops_match_paper_table1():
+    # Table 1, ResNet-18 on CIFAR-10: Dense 0.54, S-Dense 0.14, MoE 0.15 GFLOPs (r = 0.5, N = 2)
+    paper = {"dense": 0.54, "s-dense": 0.14, "moe": 0.15}
+    ours = {k: gflops(create_model("resnet18", k, **KIND_ARGS[k])) for k in paper}
+    for k in paper:
+        assert ours[k] == pytest.approx(paper[k], rel=0.10), (k, ours[k])
+    assert ours["s-dense"] / ours["dense"] == pytest.approx(0.25, abs=0.01)  # every width times r: r^2
+    assert ours["s-dense"] < ours["moe"] < 1.01 * ours["s-dense"]  # one pathway plus tiny routers
+
+
+def test_record_routing_counts():
+    torch.manual_seed(0)
+    model = mixed_routing(create_model("resnet18", "moe", 0.5, 3, base_width=8)).eval()
+    with record_routing(model) as routes, torch.no_grad():
+        model(torch.rand(10, 3, 32, 32))
+        model(torch.rand(6, 3, 32, 32))
+    assert set(routes) == set(moe_layers(model))
+    for name, counts in routes.histogram().items():
+        assert len(counts) == 3 and sum(counts) == 16
+        assert routes[name].shape == (16,)
+    model(torch.rand(2, 3, 32, 32))  # outside the block nothing is recorded
+    assert all(m.record is None for m in moe_layers(model).values())
+
+
+def test_shared_router_gives_one_choice_for_every_layer():
+    model = mixed_routing(create_model("resnet18", "moe", 0.5, 2, router="shared", base_width=8))
+    with record_routing(model) as routes, torch.no_grad():
+        model(torch.rand(12, 3, 32, 32))
+    choices = list(routes.values())
+    assert len(set(choices[0].tolist())) == 2 and all(torch.equal(choices[0], c) for c in choices)
+
+
+def test_parameter_split():
+    model = create_model("resnet18", "moe", 0.5, 2, base_width=8)
+    phi, psi = router_parameters(model), backbone_parameters(model)
+    assert len(phi) == 2 * 16  # one linear (weight, bias) per MoE layer
+    assert {id(p) for p in phi}.isdisjoint({id(p) for p in psi})
+    assert len(phi) + len(psi) == len(list(model.parameters()))
+    assert router_parameters(create_model("resnet18", "s-dense", 0.5, base_width=8)) == []
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(backbone="resnet50", kind="moe"), "allowed: resnet18"),
+    (dict(backbone="resnet18", kind="sparse"), "allowed: dense, s-dense, moe"),
+    (dict(backbone="resnet18", kind="moe", scale=0.0), "(0, 1]"),
+    (dict(backbone="resnet18", kind="moe", scale=1.5), "(0, 1]"),
+    (dict(backbone="resnet18", kind="dense", scale=0.5), "s-dense"),
+    (dict(backbone="resnet18", kind="moe", scale=0.5, n_experts=0), "n_experts"),
+    (dict(backbone="resnet18", kind="moe", scale=0.5, router="global"), "allowed: per-layer, shared"),
+])
+def test_bad_model_arguments(kwargs, needle):
+    with pytest.raises(ValueError, match=None) as e:
+        advmoe.create_model(**kwargs)
+    assert needle in str(e.value)
