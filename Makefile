@@ -5,7 +5,7 @@ PRESET  ?= cpu
 DEVICE  ?= cpu
 SHARED  ?= ../shared
 
-.PHONY: install test data results bench clean-venv
+.PHONY: install test data results book bench clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,12 +20,17 @@ data: install
 	@if [ ! -d data/cifar10-jpeg ] && [ -f $(SHARED)/data/cifar10-jpeg.tar.gz ]; then \
 		ADVMOE_SHARED=$(SHARED) $(VENV)/bin/advmoe fetch cifar10-jpeg; fi
 
+# Unit tests, then the notebooks under nbval (cells tagged nbval-check-output must reproduce their output).
 test: install data
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests notebooks book --nbval-lax -p no:cacheprovider
 
 # Train and evaluate the Table-1 slice of a preset (stored results are reused; RECOMPUTE=1 retrains).
 results: install data
 	$(VENV)/bin/advmoe run --preset $(PRESET) --device $(DEVICE) $(if $(RECOMPUTE),--recompute)
+
+# Re-execute every notebook (stored results reused; RECOMPUTE=1 retrains) and build _build/html.
+book: install $(if $(RECOMPUTE),data)
+	$(VENV)/bin/advmoe book --preset $(PRESET) --device $(DEVICE) $(if $(RECOMPUTE),--recompute)
 
 bench: install
 	$(VENV)/bin/advmoe bench --output results/bench/speed.json

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -52,6 +53,16 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_book(args) -> int:
+    from . import book
+    if not args.no_execute:
+        os.chdir(datalib.REPO)
+        book.execute(args.preset, args.device, args.recompute, args.pages)
+    if not args.no_build:
+        print(f"site: {book.build()}")
+    return 0
+
+
 def cmd_fetch(args) -> int:
     print(f"{args.dataset} ready in {datalib.fetch(args.dataset)}")
     return 0
@@ -85,6 +96,15 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--output", help="also write the result as JSON to this file")
     q.add_argument("--json", action="store_true", help="print the result as JSON")
     q.set_defaults(func=cmd_bench)
+
+    q = sub.add_parser("book", help="execute the notebooks with papermill (reusing stored results) and build the site")
+    q.add_argument("--preset", default="cpu", help=f"one of {', '.join(ex.PRESETS)} (default: cpu)")
+    q.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    q.add_argument("--recompute", action="store_true", help="retrain and re-evaluate instead of loading results")
+    q.add_argument("--pages", nargs="*", help="execute only these notebooks (paths from the repository root)")
+    q.add_argument("--no-execute", action="store_true", help="only build the site from the stored notebooks")
+    q.add_argument("--no-build", action="store_true", help="only execute the notebooks")
+    q.set_defaults(func=cmd_book)
 
     q = sub.add_parser("fetch", help="put a dataset under data/ (unpack the shared JPEG copy or download)")
     q.add_argument("dataset", help=f"one of {', '.join(datalib.DATASETS)}")

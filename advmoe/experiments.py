@@ -240,6 +240,53 @@ def load(spec: ExperimentSpec, root: Path | None = None) -> dict:
     return metrics
 
 
+def load_model(spec: ExperimentSpec, root: Path | None = None, device: str = "cpu") -> torch.nn.Module:
+    """The trained model from the result's checkpoint (train it first with `get`/`run` if needed)."""
+    from .io import load_checkpoint
+
+    path = result_dir(spec, root) / "checkpoint.pt"
+    state = load_checkpoint(path, spec) if path.is_file() else None
+    if state is None or state["epoch"] < spec.epochs:
+        raise FileNotFoundError(f"no finished checkpoint for {spec.name} in {path.parent}; "
+                                f"train it with: advmoe run --preset {spec.preset}")
+    model = create_model(spec.backbone, spec.kind, spec.scale, spec.n_experts, spec.num_classes, spec.router,
+                         spec.base_width)
+    model.load_state_dict(state["model"])
+    return model.to(resolve_device(device)).eval()
+
+
+def eps_sweep(spec: ExperimentSpec, eps_grid: list[float], steps: int | None = None, device: str = "cpu",
+              root: Path | None = None, recompute: bool = False, progress: bool = True) -> dict:
+    """RA of a trained model against PGD-CE at each eps (Fig. 2), stored beside its metrics.json.
+
+    Stored as eps-sweep-<hash of the grid and steps>.json; reused unless recompute. Trains the model first
+    if neither the sweep nor a checkpoint is stored.
+    """
+    from .evaluate import robust_accuracy
+
+    steps = spec.eval_steps if steps is None else steps
+    for e in eps_grid:
+        check_attack(e, spec.eval_step_size, steps)
+    key = hashlib.sha256(json.dumps([list(map(float, eps_grid)), steps]).encode()).hexdigest()[:8]
+    path = result_dir(spec, root) / f"eps-sweep-{key}.json"
+    if path.is_file() and not recompute:
+        return json.loads(path.read_text())
+    try:
+        model = load_model(spec, root, device)
+    except FileNotFoundError:
+        get(spec, device, root, progress=progress)
+        model = load_model(spec, root, device)
+    test_data = datalib.load(spec.dataset, "test", subset=spec.test_subset, seed=SUBSET_SEED)
+    t0 = time.perf_counter()
+    ra = [robust_accuracy(model, test_data, resolve_device(device), e, spec.eval_step_size, steps,
+                          progress=progress) for e in eps_grid]
+    result = {"spec": dataclasses.asdict(spec), "hash": spec.hash, "eps": [float(e) for e in eps_grid],
+              "steps": steps, "step_size": spec.eval_step_size, "ra": ra, "n_test": len(test_data),
+              "provenance": {**provenance(resolve_device(device)), "seconds": time.perf_counter() - t0}}
+    atomic_write_json(result, path)
+    return result
+
+
 def get(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, recompute: bool = False,
         progress: bool = True) -> dict:
     """The stored result if there is one (and recompute is False), else run it (recompute: from scratch)."""

@@ -1,0 +1,249 @@
+"""What the book's notebooks call: results beside the paper's numbers, figures, computed verdicts.
+
+Notebooks stay thin: a parameters cell, a call here, a table, a figure, glue, and the verdict that
+`verdict()` computes from the numbers (never typed by hand).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import experiments as ex
+from . import paper
+from .data import DATASETS
+from .io import atomic_write_json
+from .models import BACKBONES
+
+# Table 1's (dataset, backbone) cells as the paper lays them out.
+PAPER_CELLS = [(d, b) for d in ("cifar10", "cifar100") for b in ("resnet18", "wrn28-10", "vgg16", "densenet")] + \
+              [(d, b) for d in ("tiny-imagenet", "imagenet") for b in ("resnet18", "wrn28-10")]
+FIG1B = (("ST (Dense)", "dense", "standard", 1.0), ("ST (S-Dense)", "s-dense", "standard", 0.5),
+         ("ST (MoE)", "moe", "standard", 0.5)) + ex.TABLE1
+
+
+def check_params(preset: str, device: str, recompute: bool, **lists) -> None:
+    """Validate a notebook's parameters before any compute; raises ValueError with one line saying what is allowed."""
+    if preset not in ex.PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(ex.PRESETS)}, got {preset!r}")
+    if not isinstance(device, str):
+        raise ValueError(f"device must be a string (cpu, cuda, cuda:N, auto), got {device!r}")
+    ex.resolve_device(device)
+    if not isinstance(recompute, bool):
+        raise ValueError(f"recompute must be True or False, got {recompute!r}")
+    for name, values in lists.items():
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ValueError(f"{name} must be a non-empty list, got {values!r}")
+
+
+def cells(preset: str) -> list[tuple[str, str]]:
+    """The (dataset, backbone) cells of Table 1 a preset covers."""
+    return PAPER_CELLS if preset == "paper" else [(ex.preset_settings(preset)["dataset"], "resnet18")]
+
+
+def runnable(dataset: str, backbone: str) -> str | None:
+    """None if this code can run the cell, else why not."""
+    if backbone not in BACKBONES:
+        return f"backbone {backbone} not implemented yet"
+    if dataset not in DATASETS:
+        return f"dataset {dataset} not supported yet"
+    return None
+
+
+def collect(rows, preset: str, device: str, recompute: bool, dataset: str, backbone: str) -> list[dict]:
+    """One record per (row, seed): our metrics (None where not runnable) and the row's identity."""
+    records = []
+    why = runnable(dataset, backbone)
+    for label, kind, method, scale in rows:
+        for seed in ex.preset_seeds(preset):
+            rec = dict(dataset=dataset, backbone=backbone, label=label, kind=kind, method=method, scale=scale,
+                       seed=seed, metrics=None, why=why)
+            if why is None:
+                spec = ex.make_spec(preset, kind, method, scale, dataset=dataset, backbone=backbone, seed=seed)
+                rec["metrics"], rec["spec"] = ex.get(spec, device, recompute=recompute, progress=False), spec
+            records.append(rec)
+    return records
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float | None]:
+    m = sum(xs) / len(xs)
+    return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None)
+
+
+def summary(records: list[dict], metrics=("ra", "sa"), table: str = "1"):
+    """A DataFrame: one row per method and cell, ours (mean, std over seeds, in %) beside the paper's."""
+    import pandas as pd
+
+    out, dense_gflops = [], {}
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["dataset"], r["backbone"], r["label"], r["kind"], r["method"], r["scale"]), []).append(r)
+    for (d, b, label, kind, method, scale), recs in groups.items():
+        row = dict(dataset=d, backbone=b, method=label, scale=scale)
+        done = [r["metrics"] for r in recs if r["metrics"] is not None]
+        pid = paper.method_id(kind, method)
+        for metric in metrics:
+            if done:
+                m, s = _mean_std([100 * x["final"][metric] for x in done])
+                row[f"{metric}_ours"], row[f"{metric}_ours_std"] = m, s
+            p = paper.value(d, b, pid, scale, metric, table)
+            row[f"{metric}_paper"], row[f"{metric}_paper_std"] = p if p else (None, None)
+        row["gflops_ours"] = done[0]["final"]["gflops"] if done else None
+        p = paper.value(d, b, pid, scale, "gflops", "1")
+        row["gflops_paper"] = p[0] if p else None
+        row["seeds"] = len(done)
+        row["n_test"] = done[0]["final"]["n_test"] if done else None
+        row["note"] = recs[0]["why"] or ""
+        if kind == "dense":
+            dense_gflops[(d, b)] = row["gflops_ours"]
+        out.append(row)
+    df = pd.DataFrame(out)
+    df["gflops_reduction_ours"] = [
+        (1 - g / dense_gflops[(d, b)]) if g and dense_gflops.get((d, b)) else None
+        for d, b, g in zip(df.dataset, df.backbone, df.gflops_ours)]
+    return df
+
+
+def fmt(mean, std=None, digits: int = 2) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None and not math.isnan(std) else "")
+
+
+def display_table(df, metrics=("ra", "sa")):
+    """The table as a reader sees it: 'ours' and 'paper' columns per metric, strings."""
+    import pandas as pd
+
+    shown = pd.DataFrame({"dataset": df.dataset, "backbone": df.backbone, "method": df.method,
+                          "r": df.scale.map(lambda r: f"{r:g}")})
+    names = {"ra": "RA-PGD (%)", "sa": "SA (%)", "ra_aa": "RA-AA (%)"}
+    for metric in metrics:
+        shown[f"{names[metric]} ours"] = [fmt(m, s) for m, s in zip(df[f"{metric}_ours"], df[f"{metric}_ours_std"])] \
+            if f"{metric}_ours" in df else "-"
+        shown[f"{names[metric]} paper"] = [fmt(m, s) for m, s in zip(df[f"{metric}_paper"], df[f"{metric}_paper_std"])]
+    shown["GFLOPs ours"] = [fmt(g, digits=3) for g in df.gflops_ours]
+    shown["GFLOPs paper"] = [fmt(g) for g in df.gflops_paper]
+    shown["GFLOPs cut ours"] = [f"{100 * x:.0f}%" if x is not None and not math.isnan(x) else "-"
+                                for x in df.gflops_reduction_ours]
+    if (df.note != "").any():
+        shown["note"] = df.note
+    return shown
+
+
+@dataclass
+class Verdict:
+    claim: str
+    status: str  # reproduced / not reproduced / inconclusive / not run
+    gap: float | None  # percentage points, claimed direction positive
+    se: float | None
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.claim}: {self.status} ({self.detail})"
+
+
+def verdict(claim: str, a: list[dict], b: list[dict], metric: str = "ra", preset: str = "") -> Verdict:
+    """Is metric(a) > metric(b)? a, b: metrics dicts paired by seed.
+
+    The gap's standard error combines test-set sampling (binomial, per model) and, with several seeds,
+    the spread of the paired gaps. Reproduced if gap > 2 SE, not reproduced if gap < -2 SE, else
+    inconclusive.
+    """
+    if not a or not b:
+        return Verdict(claim, "not run", None, None, "no results at this preset")
+    va = [x["final"][metric] for x in a]
+    vb = [x["final"][metric] for x in b]
+    gaps = [100 * (x - y) for x, y in zip(va, vb)]
+    gap, sd = _mean_std(gaps)
+    n = a[0]["final"]["n_test"]
+    pa, pb = sum(va) / len(va), sum(vb) / len(vb)
+    sampling = 100 * math.sqrt((pa * (1 - pa) + pb * (1 - pb)) / (n * len(va)))
+    se = math.sqrt(sampling ** 2 + ((sd ** 2) / len(gaps) if sd is not None else 0.0))
+    status = "reproduced" if gap > 2 * se else "not reproduced" if gap < -2 * se else "inconclusive"
+    seeds = f"{len(gaps)} seed{'s' if len(gaps) > 1 else ''}"
+    detail = f"{preset} preset, {seeds}, {n} test images: gap {gap:+.2f} pp, 2 SE = {2 * se:.2f} pp"
+    return Verdict(claim, status, gap, se, detail)
+
+
+def by_label(records: list[dict], label: str, dataset: str | None = None) -> list[dict]:
+    return [r["metrics"] for r in records if r["label"] == label and r["metrics"] is not None
+            and (dataset is None or r["dataset"] == dataset)]
+
+
+def save_verdicts(notebook: str, preset: str, verdicts: list[Verdict], records: list[dict],
+                  root: Path | None = None) -> Path:
+    """results/<preset>/verdicts/<notebook>.json: what the claims ledger and the status page read."""
+    done = [r["metrics"] for r in records if r["metrics"] is not None]
+    provenance = sorted({(m["provenance"]["git_commit"] or "unknown")[:10] for m in done})
+    payload = {
+        "notebook": notebook, "preset": preset,
+        "verdicts": [v.__dict__ for v in verdicts],
+        "data": sorted({m["data"]["train"] for m in done}),
+        "results_commits": provenance,
+        "machines": sorted({f"{m['provenance']['device']} ({m['provenance']['device_name']}, "
+                            f"{m['provenance']['torch_threads']} threads)" for m in done}),
+        "experiments": len(done),
+        "compute_seconds": sum(m["provenance"]["train_seconds_total"] + m["provenance"]["eval_seconds"] for m in done),
+    }
+    path = Path(root or ex.results_root()) / preset / "verdicts" / f"{notebook}.json"
+    atomic_write_json(payload, path)
+    return path
+
+
+def load_verdicts(preset: str, root: Path | None = None) -> dict[str, dict]:
+    folder = Path(root or ex.results_root()) / preset / "verdicts"
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+
+
+def bars(df, metric: str, title: str, ax=None):
+    """Grouped bars: ours vs the paper's for one metric, per method."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    long = pd.concat([
+        pd.DataFrame({"method": df.method, "value": df[f"{metric}_ours"], "source": "ours"}),
+        pd.DataFrame({"method": df.method, "value": df[f"{metric}_paper"], "source": "paper"}),
+    ]).dropna()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.5))
+    sns.barplot(data=long, x="method", y="value", hue="source", ax=ax, palette={"ours": "#4c72b0", "paper": "#bbbbbb"})
+    names = {"ra": "Robust accuracy, PGD (%)", "sa": "Standard accuracy (%)", "ra_aa": "Robust accuracy, AutoAttack (%)"}
+    ax.set_ylabel(names[metric])
+    ax.set_xlabel("method")
+    ax.set_title(title)
+    for c in ax.containers:
+        ax.bar_label(c, fmt="%.1f", fontsize=8)
+    ax.tick_params(axis="x", labelrotation=15)
+    return ax
+
+
+def fig2(preset: str, device: str, recompute: bool, eps_grid: list[float]):
+    """RA of AT(S-Dense) and AT(MoE) against PGD at each eps (in /255), per seed; and the per-eps verdicts."""
+    import pandas as pd
+
+    rows, verdicts = [], []
+    dataset = ex.preset_settings(preset)["dataset"]
+    sweeps = {}
+    for label, kind in (("AT (S-Dense)", "s-dense"), ("AT (MoE)", "moe")):
+        for seed in ex.preset_seeds(preset):
+            spec = ex.make_spec(preset, kind, "at", 0.5, seed=seed)
+            s = ex.eps_sweep(spec, [e / 255 for e in eps_grid], device=device, recompute=recompute, progress=False)
+            sweeps.setdefault(label, []).append(s)
+            rows += [dict(model=label, seed=seed, eps=e, ra=100 * ra, steps=s["steps"]) for e, ra in zip(eps_grid, s["ra"])]
+    for i, e in enumerate(eps_grid):
+        as_metrics = {k: [{"final": {"ra": s["ra"][i], "n_test": s["n_test"]}} for s in v] for k, v in sweeps.items()}
+        verdicts.append(verdict(f"AT (S-Dense) RA > AT (MoE) RA at eps {e:g}/255", as_metrics["AT (S-Dense)"],
+                                as_metrics["AT (MoE)"], preset=preset))
+    paper_points = [dict(model=lbl, eps=8, ra=paper.value("cifar10", "resnet18", pid, 0.5, "ra")[0])
+                    for lbl, pid in (("AT (S-Dense)", "at-s-dense"), ("AT (MoE)", "at-moe"))]
+    return pd.DataFrame(rows), pd.DataFrame(paper_points), verdicts, dataset
+
+
+def combine(claim: str, verdicts: list[Verdict]) -> Verdict:
+    """One verdict for a claim made of several: reproduced only if every part is."""
+    statuses = [v.status for v in verdicts]
+    status = next((s for s in ("not run", "not reproduced", "inconclusive") if s in statuses), "reproduced")
+    counts = ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
+    return Verdict(claim, status, None, None, f"{len(verdicts)} parts: {counts}")

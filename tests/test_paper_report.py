@@ -1,0 +1,80 @@
+import json
+
+import pytest
+
+from advmoe import paper, report as R
+
+
+@pytest.mark.parametrize("key,expected", [
+    (("1", "cifar10", "resnet18", "at-dense", 1.0, "ra"), (50.13, 0.13)),
+    (("1", "cifar10", "resnet18", "advmoe", 0.5, "sa"), (80.15, 0.11)),
+    (("1", "cifar10", "wrn28-10", "advmoe", 0.5, "ra"), (55.73, 0.13)),
+    (("1", "cifar10", "densenet", "at-moe", 0.5, "sa"), (64.41, 0.81)),
+    (("1", "cifar100", "vgg16", "at-sparse", 0.5, "ra"), (21.12, 0.22)),
+    (("1", "tiny-imagenet", "wrn28-10", "at-dense", 1.0, "gflops"), (21.0, None)),
+    (("1", "imagenet", "resnet18", "at-moe", 0.5, "ra"), (35.57, 0.73)),
+    (("2", "cifar10", "resnet18", "advmoe", 0.5, "ra_aa"), (45.13, 0.07)),
+    (("2", "cifar100", "wrn28-10", "at-moe", 0.5, "ra_aa"), (17.87, 0.24)),
+    (("2", "cifar100", "resnet18", "at-s-dense", 0.5, "sa"), (57.02, 0.14)),  # repeated from Table 1
+    (("A1", "cifar10", "wrn28-10", "advmoe", 0.5, "ra_aa"), (46.73, 0.08)),
+    (("A2", "cifar10", "resnet18", "advmoe", 0.2, "ra"), (49.18, 0.12)),
+    (("A2", "cifar10", "wrn28-10", "at-moe", 0.8, "gflops"), (4.57, None)),
+    (("fig1b", "cifar10", "resnet18", "st-moe", 0.5, "sa"), (94.3, None)),
+])
+def test_paper_values_spot_checked_against_the_text(key, expected):
+    assert paper.PAPER[key] == expected
+
+
+def test_paper_tables_are_complete():
+    t1 = [k for k in paper.PAPER if k[0] == "1"]
+    assert len(t1) == 12 * 5 * 3  # 12 (dataset, backbone) cells x 5 methods x (RA, SA, GFLOPs)
+    assert len([k for k in paper.PAPER if k[0] == "2" and k[-1] == "ra_aa"]) == 20
+    assert paper.value("cifar10-jpeg", "resnet18", "at-moe", 0.5, "ra") == (45.57, 0.51)
+    assert paper.value("cifar10", "resnet18", "at-moe", 0.5, "nothing") is None
+    assert paper.method_id("moe", "advmoe") == "advmoe" and paper.method_id("s-dense", "standard") == "st-s-dense"
+
+
+def _m(ra, n=1000):
+    return {"final": {"ra": ra, "sa": ra, "n_test": n}}
+
+
+def test_verdict_follows_the_numbers():
+    assert R.verdict("a > b", [_m(0.50)], [_m(0.40)]).status == "reproduced"
+    assert R.verdict("a > b", [_m(0.40)], [_m(0.50)]).status == "not reproduced"
+    v = R.verdict("a > b", [_m(0.45)], [_m(0.44)])
+    assert v.status == "inconclusive" and v.gap == pytest.approx(1.0) and "1000 test images" in v.detail
+    # with seeds, the spread of the paired gaps widens the error bar
+    noisy = R.verdict("a > b", [_m(0.50), _m(0.40), _m(0.60)], [_m(0.45), _m(0.45), _m(0.45)])
+    assert noisy.status == "inconclusive"
+    assert R.verdict("a > b", [], [_m(0.4)]).status == "not run"
+    assert R.combine("all", [v, R.verdict("x", [_m(0.5)], [_m(0.4)])]).status == "inconclusive"
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(preset="huge", device="cpu", recompute=False), "preset must be one of smoke, cpu, paper"),
+    (dict(preset="cpu", device="cuda", recompute=False), "no CUDA GPU"),
+    (dict(preset="cpu", device="cpu", recompute="yes"), "recompute must be True or False"),
+    (dict(preset="cpu", device="cpu", recompute=False, eps_grid=[]), "eps_grid must be a non-empty list"),
+])
+def test_notebook_parameters_are_validated(kwargs, needle, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(ValueError) as e:
+        R.check_params(**kwargs)
+    assert needle in str(e.value)
+
+
+def test_paper_preset_covers_every_table1_cell_and_says_what_is_missing():
+    cells = R.cells("paper")
+    assert len(cells) == 12 and ("imagenet", "wrn28-10") in cells
+    assert R.runnable("cifar10", "resnet18") is None
+    assert "not implemented" in R.runnable("cifar10", "vgg16")
+    assert "not supported" in R.runnable("imagenet", "resnet18")
+
+
+def test_claims_ledger_references_real_verdicts():
+    import nbformat
+    sources = {nb: nbformat.read(f"notebooks/{nb}.ipynb", 4) for nb in ("tab1_overall", "fig1_overview", "fig2_at_vs_eps")}
+    for claim in paper.CLAIMS:
+        for nb, prefix in claim["covered_by"]:
+            text = "".join(c.source for c in sources[nb].cells)
+            assert prefix.split(" at every")[0].split(" RA >")[0] in text, (claim["id"], prefix)
