@@ -4,6 +4,7 @@ PY      := $(VENV)/bin/python
 PRESET  ?= cpu
 DEVICE  ?= cpu
 SHARED  ?= ../shared
+JOBS    ?= $(if $(filter cpu,$(DEVICE)),2,1)
 
 .PHONY: install test data results book bench clean-venv
 
@@ -26,7 +27,7 @@ test: install data
 
 # Train and evaluate the Table-1 slice of a preset (stored results are reused; RECOMPUTE=1 retrains).
 results: install data
-	$(VENV)/bin/advmoe run --preset $(PRESET) --device $(DEVICE) $(if $(RECOMPUTE),--recompute)
+	$(VENV)/bin/advmoe run --preset $(PRESET) --device $(DEVICE) --jobs $(JOBS) $(if $(RECOMPUTE),--recompute)
 
 # Re-execute every notebook (stored results reused; RECOMPUTE=1 retrains) and build _build/html.
 book: install $(if $(RECOMPUTE),data)

@@ -95,7 +95,7 @@ def cosine(total_iterations: int):
 
 
 def train(spec, model: nn.Module, train_data: datalib.ImageData, test_data: datalib.ImageData, workdir: Path,
-          device: torch.device, progress: bool = True) -> list[dict]:
+          device: torch.device, progress: bool = True, position: int = 0) -> list[dict]:
     """Train `model` by `spec.method`, checkpointing atomically after every epoch; resume if a checkpoint exists.
 
     Returns the per-epoch history.
@@ -129,7 +129,7 @@ def train(spec, model: nn.Module, train_data: datalib.ImageData, test_data: data
         batches = perm[: n_iter * spec.batch_size].view(n_iter, spec.batch_size)
         losses, accs = [], []
         bar = tqdm(range(n_iter), desc=f"{spec.name} epoch {epoch + 1}/{spec.epochs}", disable=not progress,
-                   leave=False, dynamic_ncols=True)
+                   leave=False, dynamic_ncols=True, position=position)
         for i in bar:
             # AdvMoE draws a different batch for the routers: the one half an epoch away, so each example
             # serves once as a router and once as a backbone example per epoch (Appendix B).

@@ -121,3 +121,15 @@ def test_smoke_preset_on_the_real_cifar10_copy(tmp_path, monkeypatch):
     assert m["data"]["train"].startswith("cifar10-jpeg") and m["data"]["n_train"] == spec.train_subset
     assert m["history"][-1]["train_loss"] < m["history"][0]["train_loss"] + 0.5
     assert all(m["final"]["sanity"].values())
+
+
+def test_get_many_in_parallel_workers_stores_every_result(tiny_data):
+    specs = [ex.make_spec("smoke", kind, "at", scale, dataset="cifar10", epochs=1, train_subset=64, batch_size=32,
+                          test_subset=16, eval_steps=1) for kind, scale in (("s-dense", 0.5), ("moe", 0.5))]
+    done = []
+    results = ex.get_many(specs, jobs=2, progress=False, on_done=lambda s, m: done.append(s.name))
+    assert sorted(done) == sorted(s.name for s in specs)
+    for spec, m in zip(specs, results):
+        assert m == advmoe.load(spec) and m["provenance"]["torch_threads"] == 1
+    with pytest.raises(ValueError, match="jobs must be"):
+        ex.get_many(specs, jobs=0)
