@@ -31,7 +31,7 @@ results: install data
 
 # Re-execute every notebook (stored results reused; RECOMPUTE=1 retrains) and build _build/html.
 book: install $(if $(RECOMPUTE),data)
-	$(VENV)/bin/advmoe book --preset $(PRESET) --device $(DEVICE) $(if $(RECOMPUTE),--recompute)
+	$(VENV)/bin/advmoe book --preset $(PRESET) --device $(DEVICE) --jobs $(JOBS) $(if $(RECOMPUTE),--recompute)
 
 bench: install
 	$(VENV)/bin/advmoe bench --output results/bench/speed.json

@@ -32,17 +32,21 @@ def mixed_routing(model):
     return model
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def interleaved(fns: dict, repeats: int) -> dict:
+    """Median time of each function, measured in rounds (A, B, C, A, B, C, ...) so that drift in the
+    machine's speed hits every function alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times = {k: [] for k in fns}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
-def main(width: int = 64, batch: int = 256, train_batch: int = 128, repeats: int = 3, output: str | None = None,
+def main(width: int = 64, batch: int = 256, train_batch: int = 128, repeats: int = 5, output: str | None = None,
          progress: bool = True) -> dict:
     torch.manual_seed(0)
     x, xt = torch.rand(batch, 3, 32, 32), torch.rand(train_batch, 3, 32, 32)
@@ -57,19 +61,33 @@ def main(width: int = 64, batch: int = 256, train_batch: int = 128, repeats: int
     result = {"width": width, "batch": batch, "train_batch": train_batch, "repeats": repeats,
               "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
               "torch": torch.__version__, "seconds": {}}
-    for label, (kind, scale, method, reference) in tqdm(rows.items(), desc="bench", disable=not progress):
+    inference, training = {}, {}
+    for label, (kind, scale, method, reference) in rows.items():
         spec = make_spec("paper", kind, method, scale, base_width=width, batch_size=train_batch)
         model = mixed_routing(create_model("resnet18", kind, scale, 2, base_width=width))
-        ctx = dense_reference(model) if reference else contextlib.nullcontext()
-        with ctx:
-            secs = {}
-            if method == "at":
+        optimizers = make_optimizers(model, spec)
+
+        def in_mode(fn, model=model, reference=reference):
+            def call():
+                with dense_reference(model) if reference else contextlib.nullcontext():
+                    return fn()
+            return call
+
+        if method == "at":
+            def infer(model=model):
                 model.eval()
                 with torch.no_grad():
-                    secs["inference"] = timed(lambda: model(x), repeats)
-            optimizers = make_optimizers(model, spec)
-            secs["train_iteration"] = timed(lambda: iteration(model, optimizers, (xt, yt), (xt, yt), spec), repeats)
-        result["seconds"][label] = secs
+                    model(x)
+            inference[label] = in_mode(infer)
+        training[label] = in_mode(lambda model=model, opt=optimizers, spec=spec:
+                                  iteration(model, opt, (xt, yt), (xt, yt), spec))
+    with tqdm(total=2, desc="bench (inference, training)", disable=not progress) as bar:
+        inf_times = interleaved(inference, repeats)
+        bar.update()
+        train_times = interleaved(training, repeats)
+        bar.update()
+    result["seconds"] = {k: {**({"inference": inf_times[k]} if k in inf_times else {}),
+                             "train_iteration": train_times[k]} for k in rows}
     s = result["seconds"]
     inf = {k: v["inference"] for k, v in s.items() if "inference" in v}
     result["ratios_to_dense"] = {
@@ -82,7 +100,7 @@ def main(width: int = 64, batch: int = 256, train_batch: int = 128, repeats: int
         "advmoe_iteration_vs_at_dense": (s["AdvMoE iteration"]["train_iteration"] / s["Dense"]["train_iteration"], 1.0),
     }
     print(f"ResNet-18 base width {width}, {result['threads']} threads; inference batch {batch}, "
-          f"training batch {train_batch} (TRADES, 2-step PGD); median of {repeats}")
+          f"training batch {train_batch} (TRADES, 2-step PGD); median of {repeats} interleaved rounds")
     print(f"{'model':20s} {'inference s':>12s} {'x Dense':>8s} {'train it s':>11s} {'x Dense':>8s}")
     for k, v in s.items():
         r = result["ratios_to_dense"]

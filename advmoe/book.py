@@ -22,15 +22,25 @@ PAGES = ["notebooks/tab1_overall.ipynb", "notebooks/fig1_overview.ipynb", "noteb
 
 
 def execute(preset: str = "cpu", device: str = "cpu", recompute: bool = False, pages: list[str] | None = None,
-            progress: bool = True) -> dict[str, float]:
+            progress: bool = True, jobs: int = 1) -> dict[str, float]:
+    """Execute the pages; missing experiments (all of them with recompute) are first trained `jobs` at a time."""
     import papermill as pm
 
+    from .experiments import get_many, load
+    from .report import page_specs
+
     check_params(preset, device, recompute)
+    specs = page_specs(preset)
+    missing = [s for s in specs if recompute or not _stored(load, s)]
+    if missing:
+        tqdm.write(f"training {len(missing)} experiment(s) the pages need, {jobs} at a time")
+        get_many(missing, device, recompute=recompute, progress=progress, jobs=jobs)
     times = {}
     for page in tqdm(pages or PAGES, desc="notebooks", disable=not progress):
         path = REPO / page
+        # recompute already happened above; eps sweeps of retrained models were dropped with their old model
         params = {"preset": preset} if page.startswith("book/") else {"preset": preset, "device": device,
-                                                                        "recompute": recompute}
+                                                                        "recompute": False}
         fd, tmp = tempfile.mkstemp(suffix=".ipynb", dir=path.parent, prefix=f".{path.stem}.")
         os.close(fd)
         t0 = time.perf_counter()
@@ -44,6 +54,14 @@ def execute(preset: str = "cpu", device: str = "cpu", recompute: bool = False, p
         times[page] = time.perf_counter() - t0
         tqdm.write(f"{page}: {times[page]:.0f}s")
     return times
+
+
+def _stored(load, spec) -> bool:
+    try:
+        load(spec)
+        return True
+    except FileNotFoundError:
+        return False
 
 
 def build(strict: bool = True) -> Path:

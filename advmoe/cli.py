@@ -61,7 +61,7 @@ def cmd_book(args) -> int:
     from . import book
     if not args.no_execute:
         os.chdir(datalib.REPO)
-        book.execute(args.preset, args.device, args.recompute, args.pages)
+        book.execute(args.preset, args.device, args.recompute, args.pages, jobs=args.jobs)
     if not args.no_build:
         print(f"site: {book.build()}")
     return 0
@@ -99,7 +99,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--width", type=int, default=64, help="ResNet-18 base width (default: 64, the paper's)")
     q.add_argument("--batch", type=int, default=256, help="inference batch size (default: 256)")
     q.add_argument("--train-batch", type=int, default=128, help="training batch size (default: 128)")
-    q.add_argument("--repeats", type=int, default=3, help="timed repetitions per measurement (default: 3)")
+    q.add_argument("--repeats", type=int, default=5, help="timed rounds (default: 5)")
     q.add_argument("--output", help="also write the result as JSON to this file")
     q.add_argument("--json", action="store_true", help="print the result as JSON")
     q.set_defaults(func=cmd_bench)
@@ -108,6 +108,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--preset", default="cpu", help=f"one of {', '.join(ex.PRESETS)} (default: cpu)")
     q.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     q.add_argument("--recompute", action="store_true", help="retrain and re-evaluate instead of loading results")
+    q.add_argument("--jobs", type=int, default=1, help="experiments trained at once when some must be (default 1)")
     q.add_argument("--pages", nargs="*", help="execute only these notebooks (paths from the repository root)")
     q.add_argument("--no-execute", action="store_true", help="only build the site from the stored notebooks")
     q.add_argument("--no-build", action="store_true", help="only execute the notebooks")

@@ -116,11 +116,12 @@ def train(spec, model: nn.Module, train_data: datalib.ImageData, test_data: data
                 schedulers[k].load_state_dict(state["schedulers"][k])
             generator.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])
+            if device.type == "cuda" and "cuda_rng" in state:
+                torch.cuda.set_rng_state(state["cuda_rng"], device)
             history, start = state["history"], state["epoch"]
 
-    def batch(idx: torch.Tensor, augment: bool = True):
-        x = train_data.images[idx]
-        x = datalib.augment(x, generator) if augment else x
+    def batch(idx: torch.Tensor):
+        x = datalib.augment(train_data.images[idx], generator)
         return datalib.to_float(x, device), train_data.labels[idx].to(device)
 
     for epoch in range(start, spec.epochs):
@@ -153,5 +154,6 @@ def train(spec, model: nn.Module, train_data: datalib.ImageData, test_data: data
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
+            **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
         }, ckpt_path)
     return history
