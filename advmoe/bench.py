@@ -16,7 +16,7 @@ import statistics
 import time
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .experiments import make_spec
 from .io import atomic_write_json

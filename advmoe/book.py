@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .data import REPO
 from .report import check_params

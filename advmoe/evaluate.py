@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import data as datalib
 from .attacks import pgd

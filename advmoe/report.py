@@ -79,6 +79,14 @@ def _mean_std(xs: list[float]) -> tuple[float, float | None]:
     return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None)
 
 
+def paper_width_gflops(backbone: str, kind: str, scale: float, num_classes: int = 10) -> float:
+    """Our analytic GFLOPs for the model at the paper's widths (our presets may shrink the base width)."""
+    from .flops import gflops
+    from .models import create_model
+
+    return gflops(create_model(backbone, kind, scale, num_classes=num_classes))
+
+
 def summary(records: list[dict], metrics=("ra", "sa"), table: str = "1"):
     """A DataFrame: one row per method and cell, ours (mean, std over seeds, in %) beside the paper's."""
     import pandas as pd
@@ -98,6 +106,7 @@ def summary(records: list[dict], metrics=("ra", "sa"), table: str = "1"):
             p = paper.value(d, b, pid, scale, metric, table)
             row[f"{metric}_paper"], row[f"{metric}_paper_std"] = p if p else (None, None)
         row["gflops_ours"] = done[0]["final"]["gflops"] if done else None
+        row["gflops_ours_paper_width"] = paper_width_gflops(b, kind, scale) if recs[0]["why"] is None else None
         p = paper.value(d, b, pid, scale, "gflops", "1")
         row["gflops_paper"] = p[0] if p else None
         row["seeds"] = len(done)
@@ -131,6 +140,7 @@ def display_table(df, metrics=("ra", "sa")):
             if f"{metric}_ours" in df else "-"
         shown[f"{names[metric]} paper"] = [fmt(m, s) for m, s in zip(df[f"{metric}_paper"], df[f"{metric}_paper_std"])]
     shown["GFLOPs ours"] = [fmt(g, digits=3) for g in df.gflops_ours]
+    shown["GFLOPs ours, paper width"] = [fmt(g) for g in df.gflops_ours_paper_width]
     shown["GFLOPs paper"] = [fmt(g) for g in df.gflops_paper]
     shown["GFLOPs cut ours"] = [f"{100 * x:.0f}%" if x is not None and not math.isnan(x) else "-"
                                 for x in df.gflops_reduction_ours]
