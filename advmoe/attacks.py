@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 
 import torch
 import torch.nn.functional as F
@@ -67,3 +68,58 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_siz
             x_adv = x_adv.detach() + step_size * grad.sign()
             x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0, 1)
     return x_adv.detach()
+
+
+AA_VERSIONS = ("standard", "apgd-ce")  # apgd-ce: APGD-CE alone (the smoke preset's cheap stand-in)
+
+
+def _autoattack_class():
+    """The official `autoattack` package when installed, else `pyautoattack` (PyPI; the same attack code)."""
+    try:
+        from autoattack import AutoAttack
+        return AutoAttack, "autoattack"
+    except ImportError:
+        from pyautoattack import AutoAttack
+        return AutoAttack, "pyautoattack"
+
+
+def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, version: str = "standard",
+               n: int | None = None, batch_size: int = 250, seed: int = 0) -> dict:
+    """Robust accuracy under AutoAttack (Croce & Hein 2020) for L-inf on inputs in [0, 1], through the real library.
+
+    version "standard": APGD-CE, APGD-T, FAB-T, Square; "apgd-ce": APGD-CE alone. n: the first n examples.
+    RA-AA is recomputed here from the returned examples, after checking they stay in the eps-ball and [0, 1].
+    """
+    check_attack(eps, 0.0, 0)
+    if version not in AA_VERSIONS:
+        raise ValueError(f"unknown AutoAttack version {version!r}; allowed: {', '.join(AA_VERSIONS)}")
+    if n is not None:
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an integer >= 1 (or None for all), got {n!r}")
+        x, y = x[:n], y[:n]
+    cls, library = _autoattack_class()
+    device = x.device
+    args = dict(norm="Linf", eps=eps, seed=seed, device=device)
+    if version == "standard":
+        args["version"] = "standard"
+    else:
+        args.update(version="custom", **({"attacks_to_run": ["apgd-ce"]} if library == "autoattack"
+                                         else {"attacks": ["apgd-ce"]}))
+    t0 = time.perf_counter()
+    with frozen_eval(model):
+        adversary = cls(model, verbose=False, **args) if library == "autoattack" else cls(model, **args)
+        if version == "apgd-ce":
+            adversary.apgd.n_restarts = 1  # as in the standard version
+        if library == "autoattack":
+            x_adv = adversary.run_standard_evaluation(x, y, bs=batch_size)
+        else:
+            x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+        with torch.no_grad():
+            correct = sum(int((model(x_adv[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+                          for i in range(0, len(x), batch_size))
+    max_perturbation = float((x_adv - x).abs().max()) if len(x) else 0.0
+    if max_perturbation > eps + 1e-5 or x_adv.min() < 0 or x_adv.max() > 1:
+        raise RuntimeError(f"AutoAttack returned examples outside the eps-ball or [0, 1] (max |delta| "
+                           f"{max_perturbation:.5f} > eps {eps:.5f}); refusing to report a robust accuracy")
+    return {"ra_aa": correct / len(x), "version": version, "library": library, "n": len(x), "eps": eps,
+            "seconds": time.perf_counter() - t0, "max_perturbation": max_perturbation}

@@ -133,3 +133,14 @@ def test_get_many_in_parallel_workers_stores_every_result(tiny_data):
         assert m == advmoe.load(spec) and m["provenance"]["torch_threads"] == 1
     with pytest.raises(ValueError, match="jobs must be"):
         ex.get_many(specs, jobs=0)
+
+
+def test_same_spec_and_seed_give_identical_metrics(tiny_data, tmp_path):
+    spec = ex.make_spec("smoke", "moe", "advmoe", 0.5, dataset="cifar10", epochs=2, train_subset=64, batch_size=16,
+                        test_subset=16, eval_steps=2)
+    a = advmoe.run(spec, root=tmp_path / "a", progress=False)
+    b = advmoe.run(spec, root=tmp_path / "b", progress=False)
+    drop = lambda m: ([{k: v for k, v in h.items() if k != "seconds"} for h in m["history"]], m["final"])
+    assert drop(a) == drop(b)
+    assert a["history"][0]["train_loss"] != advmoe.run(spec.replace(seed=1), root=tmp_path / "c",
+                                                       progress=False)["history"][0]["train_loss"]
