@@ -41,6 +41,17 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_autoattack(args) -> int:
+    specs = _specs(args)
+    version, n = ex.autoattack_settings(args.preset)
+    print(f"AutoAttack {version} on {n or 'all'} test examples per model, {len(specs)} model(s)", flush=True)
+    for spec in specs:
+        r = ex.autoattack_eval(spec, args.device, recompute=args.recompute, progress=not args.no_progress)
+        print(f"{spec.name} ({spec.hash}): RA-AA {100 * r['ra_aa']:.2f}  RA-PGD-{r['pgd_steps']} (same examples) "
+              f"{100 * r['ra_pgd_same_examples']:.2f}  {r['seconds']:.0f}s ({r['library']})", flush=True)
+    return 0
+
+
 def cmd_list(args) -> int:
     for spec in _specs(args):
         path = ex.result_dir(spec) / "metrics.json"
@@ -90,6 +101,13 @@ def parser() -> argparse.ArgumentParser:
                         "on a 2-core CPU)")
     q.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     q.set_defaults(func=cmd_run)
+
+    q = sub.add_parser("autoattack", help="RA under AutoAttack (Table 2) of a preset's Table-1 models, stored")
+    with_selection(q)
+    q.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    q.add_argument("--recompute", action="store_true", help="re-run the attack even if a result is stored")
+    q.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    q.set_defaults(func=cmd_autoattack)
 
     q = sub.add_parser("list", help="list a preset's experiments and whether they are stored")
     with_selection(q)

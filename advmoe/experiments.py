@@ -216,8 +216,9 @@ def run(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, pro
     torch.manual_seed(spec.seed)
     model = create_model(spec.backbone, spec.kind, spec.scale, spec.n_experts, spec.num_classes, spec.router,
                          spec.base_width).to(dev)
-    for stale in out.glob("eps-sweep-*.json"):  # evaluations of an earlier model of this spec
-        stale.unlink()
+    for pattern in ("eps-sweep-*.json", "autoattack-*.json"):  # evaluations of an earlier model of this spec
+        for stale in out.glob(pattern):
+            stale.unlink()
     history = train(spec, model, train_data, test_data, out, dev, progress, position)
     t1 = time.perf_counter()
     final = evaluate(model, test_data, spec, dev, progress)
@@ -288,6 +289,44 @@ def eps_sweep(spec: ExperimentSpec, eps_grid: list[float], steps: int | None = N
     result = {"spec": dataclasses.asdict(spec), "hash": spec.hash, "eps": [float(e) for e in eps_grid],
               "steps": steps, "step_size": spec.eval_step_size, "ra": ra, "n_test": len(test_data),
               "provenance": {**provenance(resolve_device(device)), "seconds": time.perf_counter() - t0}}
+    atomic_write_json(result, path)
+    return result
+
+
+def autoattack_settings(preset: str) -> tuple[str, int | None]:
+    """(AutoAttack version, number of test examples) for a preset."""
+    return {"smoke": ("apgd-ce", 8),          # seconds: APGD-CE alone on a handful of images
+            "cpu": ("standard", 200),         # minutes on 2 cores: a fixed, balanced 200-image subset
+            "paper": ("standard", None),      # Table 2: standard AutoAttack on the full test set
+            }[preset]
+
+
+def autoattack_eval(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, recompute: bool = False,
+                    progress: bool = True) -> dict:
+    """RA-AA (Table 2) of a trained model, and RA-PGD on the same examples, stored beside its metrics.json.
+
+    The examples are a fixed, class-balanced subset of the experiment's test set (all of it for `paper`).
+    """
+    from .attacks import autoattack
+    from .evaluate import robust_accuracy
+
+    version, n = autoattack_settings(spec.preset)
+    path = result_dir(spec, root) / f"autoattack-{version}-n{n or 'all'}.json"
+    if path.is_file() and not recompute:
+        return json.loads(path.read_text())
+    try:
+        model = load_model(spec, root, device)
+    except FileNotFoundError:
+        get(spec, device, root, progress=progress)
+        model = load_model(spec, root, device)
+    dev = resolve_device(device)
+    test = datalib.load(spec.dataset, "test", subset=spec.test_subset, seed=SUBSET_SEED).subset(n, SUBSET_SEED)
+    x, y = datalib.to_float(test.images, dev), test.labels.to(dev)
+    started = provenance(dev)
+    aa = autoattack(model, x, y, spec.eval_eps, version=version, seed=spec.seed)
+    ra_pgd = robust_accuracy(model, test, dev, spec.eval_eps, spec.eval_step_size, spec.eval_steps, progress=progress)
+    result = {"spec": dataclasses.asdict(spec), "hash": spec.hash, **aa, "ra_pgd_same_examples": ra_pgd,
+              "pgd_steps": spec.eval_steps, "provenance": started}
     atomic_write_json(result, path)
     return result
 

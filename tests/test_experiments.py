@@ -61,7 +61,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(capsys):
 
 
 def test_cli_help_everywhere():
-    for args in ([], ["run"], ["list"], ["bench"], ["fetch"]):
+    for args in ([], ["run"], ["list"], ["bench"], ["fetch"], ["book"], ["autoattack"]):
         out = subprocess.run([sys.executable, "-m", "advmoe", *args, "--help"], capture_output=True, text=True)
         assert out.returncode == 0 and "usage: advmoe" in out.stdout
 
@@ -144,3 +144,16 @@ def test_same_spec_and_seed_give_identical_metrics(tiny_data, tmp_path):
     assert drop(a) == drop(b)
     assert a["history"][0]["train_loss"] != advmoe.run(spec.replace(seed=1), root=tmp_path / "c",
                                                        progress=False)["history"][0]["train_loss"]
+
+
+def test_autoattack_eval_is_stored_reused_and_dropped_on_retrain(tiny_data):
+    spec = ex.make_spec("smoke", "moe", "at", 0.5, dataset="cifar10", epochs=1, train_subset=64, batch_size=16,
+                        test_subset=32, eval_steps=3)
+    r = ex.autoattack_eval(spec, progress=False)  # trains the model first
+    path = ex.result_dir(spec) / "autoattack-apgd-ce-n8.json"
+    assert path.is_file() and r["n"] == 8 and r["version"] == "apgd-ce" and r["hash"] == spec.hash
+    assert 0 <= r["ra_aa"] <= r["ra_pgd_same_examples"] + 1 / 8
+    mtime = path.stat().st_mtime_ns
+    assert ex.autoattack_eval(spec, progress=False) == r and path.stat().st_mtime_ns == mtime
+    ex.get(spec, recompute=True, progress=False)  # a retrained model invalidates its old evaluations
+    assert not path.exists()
