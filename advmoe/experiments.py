@@ -296,7 +296,7 @@ def eps_sweep(spec: ExperimentSpec, eps_grid: list[float], steps: int | None = N
 def autoattack_settings(preset: str) -> tuple[str, int | None]:
     """(AutoAttack version, number of test examples) for a preset."""
     return {"smoke": ("apgd-ce", 8),          # seconds: APGD-CE alone on a handful of images
-            "cpu": ("standard", 200),         # minutes on 2 cores: a fixed, balanced 200-image subset
+            "cpu": ("standard", 200),         # provisional: on 2 cores this took > 10 min for AT(Dense) alone; to resize
             "paper": ("standard", None),      # Table 2: standard AutoAttack on the full test set
             }[preset]
 
