@@ -261,6 +261,16 @@ def load_model(spec: ExperimentSpec, root: Path | None = None, device: str = "cp
     return model.to(resolve_device(device)).eval()
 
 
+def trained_model(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None,
+                  progress: bool = True) -> torch.nn.Module:
+    """The model from its finished checkpoint, training it first if there is none."""
+    try:
+        return load_model(spec, root, device)
+    except FileNotFoundError:
+        get(spec, device, root, progress=progress)
+        return load_model(spec, root, device)
+
+
 def eps_sweep(spec: ExperimentSpec, eps_grid: list[float], steps: int | None = None, device: str = "cpu",
               root: Path | None = None, recompute: bool = False, progress: bool = True) -> dict:
     """RA of a trained model against PGD-CE at each eps (Fig. 2), stored beside its metrics.json.
@@ -277,11 +287,7 @@ def eps_sweep(spec: ExperimentSpec, eps_grid: list[float], steps: int | None = N
     path = result_dir(spec, root) / f"eps-sweep-{key}.json"
     if path.is_file() and not recompute:
         return json.loads(path.read_text())
-    try:
-        model = load_model(spec, root, device)
-    except FileNotFoundError:
-        get(spec, device, root, progress=progress)
-        model = load_model(spec, root, device)
+    model = trained_model(spec, device, root, progress)
     test_data = datalib.load(spec.dataset, "test", subset=spec.test_subset, seed=SUBSET_SEED)
     t0 = time.perf_counter()
     ra = [robust_accuracy(model, test_data, resolve_device(device), e, spec.eval_step_size, steps,
@@ -314,11 +320,7 @@ def autoattack_eval(spec: ExperimentSpec, device: str = "cpu", root: Path | None
     path = result_dir(spec, root) / f"autoattack-{version}-n{n or 'all'}.json"
     if path.is_file() and not recompute:
         return json.loads(path.read_text())
-    try:
-        model = load_model(spec, root, device)
-    except FileNotFoundError:
-        get(spec, device, root, progress=progress)
-        model = load_model(spec, root, device)
+    model = trained_model(spec, device, root, progress)
     dev = resolve_device(device)
     test = datalib.load(spec.dataset, "test", subset=spec.test_subset, seed=SUBSET_SEED).subset(n, SUBSET_SEED)
     x, y = datalib.to_float(test.images, dev), test.labels.to(dev)
