@@ -40,15 +40,9 @@ def frozen_eval(model: nn.Module):
             p.requires_grad_(flag)
 
 
-def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
-        loss: str = "ce", random_start: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Projected gradient ascent (Madry et al.) in the L-inf ball of radius eps around x, inside [0, 1].
-
-    loss="ce": cross-entropy with the labels (evaluation, the paper's RA). loss="kl": KL between the
-    clean and the perturbed prediction (the TRADES inner maximisation used in training). The model runs
-    in eval mode; the gradient through MoE routing (straight-through gate) reaches the input, so the
-    router is attacked too. The model's train/eval state and requires_grad flags are restored.
-    """
+def pgd_iterates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
+                 loss: str = "ce", random_start: bool = True, generator: torch.Generator | None = None):
+    """Yield the PGD iterate after each of `steps` steps (see `pgd`): PGD-k is exactly the k-th iterate."""
     check_attack(eps, step_size, steps, loss)
     with frozen_eval(model):
         target = None
@@ -59,6 +53,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_siz
         if random_start and eps > 0:
             delta = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype).mul_(2 * eps).sub_(eps)
         x_adv = (x + delta).clamp_(0, 1)
+        if steps == 0:
+            yield x_adv
         for _ in range(steps):
             x_adv.requires_grad_(True)
             logits = model(x_adv)
@@ -67,6 +63,20 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_siz
             grad, = torch.autograd.grad(objective, x_adv)
             x_adv = x_adv.detach() + step_size * grad.sign()
             x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0, 1)
+            yield x_adv
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
+        loss: str = "ce", random_start: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Projected gradient ascent (Madry et al.) in the L-inf ball of radius eps around x, inside [0, 1].
+
+    loss="ce": cross-entropy with the labels (evaluation, the paper's RA). loss="kl": KL between the
+    clean and the perturbed prediction (the TRADES inner maximisation used in training). The model runs
+    in eval mode; the gradient through MoE routing (straight-through gate) reaches the input, so the
+    router is attacked too. The model's train/eval state and requires_grad flags are restored.
+    """
+    for x_adv in pgd_iterates(model, x, y, eps, step_size, steps, loss, random_start, generator):
+        pass
     return x_adv.detach()
 
 
@@ -123,3 +133,22 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, v
                            f"{max_perturbation:.5f} > eps {eps:.5f}); refusing to report a robust accuracy")
     return {"ra_aa": correct / len(x), "version": version, "library": library, "n": len(x), "eps": eps,
             "seconds": time.perf_counter() - t0, "max_perturbation": max_perturbation}
+
+
+def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n_queries: int = 5000,
+           seed: int = 0) -> torch.Tensor:
+    """Square Attack (Andriushchenko et al. 2020), the black-box part of AutoAttack, from the same library.
+
+    It needs only the model's outputs, so masked or broken gradients cannot stop it.
+    """
+    check_attack(eps, 0.0, 0)
+    if not isinstance(n_queries, int) or n_queries < 1:
+        raise ValueError(f"n_queries must be an integer >= 1, got {n_queries!r}")
+    try:
+        from autoattack.square import SquareAttack
+    except ImportError:
+        from pyautoattack.square import SquareAttack
+    with frozen_eval(model):
+        attack = SquareAttack(model, norm="Linf", n_queries=n_queries, eps=eps, p_init=0.8, n_restarts=1,
+                              seed=seed, verbose=False, resc_schedule=False, device=x.device)
+        return attack.perturb(x, y).detach()

@@ -1,9 +1,15 @@
-"""Command line: `advmoe run | list | bench | fetch`; bad input ends in one line and exit status 2."""
+"""Command line: `advmoe run | autoattack | audit | list | bench | book | fetch`.
+
+Bad input ends in one line and exit status 2 before any compute. SIGINT and SIGTERM stop a run cleanly
+(exit 130): temporary files are removed, finished results and the last epoch checkpoint are kept, and
+the same command resumes.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 
@@ -11,9 +17,14 @@ from . import data as datalib
 from . import experiments as ex
 
 
-def _specs(args) -> list[ex.ExperimentSpec]:
+def _specs(args, every: bool = False) -> list[ex.ExperimentSpec]:
+    """The preset's Table-1 slice, or with every=True every model the book shows (Fig. 1b's too)."""
     seeds = tuple(args.seeds) if args.seeds else None
-    specs = ex.table1(args.preset, seeds)
+    if every:
+        from .report import page_specs
+        specs = [s for s in page_specs(args.preset) if seeds is None or s.seed in seeds]
+    else:
+        specs = ex.table1(args.preset, seeds)
     if args.only:
         specs = [s for s in specs if any(o in s.name for o in args.only)]
         if not specs:
@@ -42,13 +53,34 @@ def cmd_run(args) -> int:
 
 
 def cmd_autoattack(args) -> int:
-    specs = _specs(args)
+    specs = _specs(args, every=True)
+    ex.resolve_device(args.device)
     version, n = ex.autoattack_settings(args.preset)
     print(f"AutoAttack {version} on {n or 'all'} test examples per model, {len(specs)} model(s)", flush=True)
-    for spec in specs:
-        r = ex.autoattack_eval(spec, args.device, recompute=args.recompute, progress=not args.no_progress)
+
+    def report(spec, r):
         print(f"{spec.name} ({spec.hash}): RA-AA {100 * r['ra_aa']:.2f}  RA-PGD-{r['pgd_steps']} (same examples) "
               f"{100 * r['ra_pgd_same_examples']:.2f}  {r['seconds']:.0f}s ({r['library']})", flush=True)
+
+    ex.get_many(specs, args.device, recompute=args.recompute, progress=not args.no_progress, jobs=args.jobs,
+                on_done=report, task=ex.autoattack_eval)
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from . import audit
+
+    specs = _specs(args, every=True)
+    ex.resolve_device(args.device)
+    print(f"auditing {len(specs)} model(s), {args.jobs} at a time: {audit.settings(args.preset)}", flush=True)
+
+    def report(spec, r):
+        bad = audit.failed(r)
+        print(f"{spec.name} ({spec.hash}): {'FAILS ' + ', '.join(bad) if bad else 'all checks pass'}  "
+              f"({r['provenance']['seconds']:.0f}s)", flush=True)
+
+    ex.get_many(specs, args.device, recompute=args.recompute, progress=not args.no_progress, jobs=args.jobs,
+                on_done=report, task=audit.audit)
     return 0
 
 
@@ -83,50 +115,73 @@ def cmd_fetch(args) -> int:
     return 0
 
 
+def _at_least(minimum: int):
+    """An argparse type: an integer >= minimum (argparse turns the ValueError into one line, exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: finally blocks remove temp files
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="advmoe", description="AdvMoE reproduction: train, evaluate, benchmark.")
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_selection(q):
-        q.add_argument("--preset", default="cpu", help=f"one of {', '.join(ex.PRESETS)} (default: cpu)")
+        q.add_argument("--preset", default="cpu", choices=ex.PRESETS, help="experiment preset (default: cpu)")
         q.add_argument("--only", nargs="*", help="run only experiments whose name contains one of these strings")
-        q.add_argument("--seeds", nargs="*", type=int, help="seeds (default: the preset's)")
+        q.add_argument("--seeds", nargs="*", type=_at_least(0), help="seeds (default: the preset's)")
+
+    def with_compute(q, what):
+        q.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+        q.add_argument("--recompute", action="store_true", help=f"{what} even if a result is stored")
+        q.add_argument("--jobs", type=_at_least(1), default=1,
+                       help="experiments at once, each on cores/jobs threads (default 1; 2 is ~25%% faster "
+                            "on a 2-core CPU)")
+        q.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
     q = sub.add_parser("run", help="train and evaluate the Table-1 slice of a preset (stored results are reused)")
     with_selection(q)
-    q.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
-    q.add_argument("--recompute", action="store_true", help="retrain from scratch even if a result is stored")
-    q.add_argument("--jobs", type=int, default=1,
-                   help="experiments trained at once, each on cores/jobs threads (default 1; 2 is ~25%% faster "
-                        "on a 2-core CPU)")
-    q.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    with_compute(q, "retrain from scratch")
     q.set_defaults(func=cmd_run)
 
-    q = sub.add_parser("autoattack", help="RA under AutoAttack (Table 2) of a preset's Table-1 models, stored")
+    q = sub.add_parser("autoattack", help="RA under AutoAttack (Table 2) of every model the book shows, stored")
     with_selection(q)
-    q.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
-    q.add_argument("--recompute", action="store_true", help="re-run the attack even if a result is stored")
-    q.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    with_compute(q, "re-run the attack")
     q.set_defaults(func=cmd_autoattack)
+
+    q = sub.add_parser("audit", help="the gradient-masking audit of every model the book shows, stored")
+    with_selection(q)
+    with_compute(q, "re-run the audit")
+    q.set_defaults(func=cmd_audit)
 
     q = sub.add_parser("list", help="list a preset's experiments and whether they are stored")
     with_selection(q)
     q.set_defaults(func=cmd_list)
 
     q = sub.add_parser("bench", help="wall-clock of Dense, S-Dense, sparse MoE and the dense+mask reference")
-    q.add_argument("--width", type=int, default=64, help="ResNet-18 base width (default: 64, the paper's)")
-    q.add_argument("--batch", type=int, default=256, help="inference batch size (default: 256)")
-    q.add_argument("--train-batch", type=int, default=128, help="training batch size (default: 128)")
-    q.add_argument("--repeats", type=int, default=5, help="timed rounds (default: 5)")
+    q.add_argument("--width", type=_at_least(1), default=64, help="ResNet-18 base width (default: 64, the paper's)")
+    q.add_argument("--batch", type=_at_least(1), default=256, help="inference batch size (default: 256)")
+    q.add_argument("--train-batch", type=_at_least(2), default=128, help="training batch size (default: 128)")
+    q.add_argument("--repeats", type=_at_least(1), default=5, help="timed rounds (default: 5)")
     q.add_argument("--output", help="also write the result as JSON to this file")
     q.add_argument("--json", action="store_true", help="print the result as JSON")
     q.set_defaults(func=cmd_bench)
 
     q = sub.add_parser("book", help="execute the notebooks with papermill (reusing stored results) and build the site")
-    q.add_argument("--preset", default="cpu", help=f"one of {', '.join(ex.PRESETS)} (default: cpu)")
+    q.add_argument("--preset", default="cpu", choices=ex.PRESETS, help="experiment preset (default: cpu)")
     q.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     q.add_argument("--recompute", action="store_true", help="retrain and re-evaluate instead of loading results")
-    q.add_argument("--jobs", type=int, default=1, help="experiments trained at once when some must be (default 1)")
+    q.add_argument("--jobs", type=_at_least(1), default=1, help="experiments trained at once when some must be (default 1)")
     q.add_argument("--pages", nargs="*", help="execute only these notebooks (paths from the repository root)")
     q.add_argument("--no-execute", action="store_true", help="only build the site from the stored notebooks")
     q.add_argument("--no-build", action="store_true", help="only execute the notebooks")
@@ -140,14 +195,15 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
     except (ValueError, datalib.DataMissingError, FileNotFoundError) as e:
         print(f"advmoe: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("advmoe: interrupted; finished experiments and the last epoch checkpoint are kept, re-run to resume",
-              file=sys.stderr)
+        print("advmoe: interrupted; finished results and the last epoch checkpoint are kept; "
+              "re-run the same command to resume", file=sys.stderr)
         return 130
 
 

@@ -13,6 +13,7 @@ import platform
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import torch
 from . import data as datalib
 from .attacks import check_attack
 from .evaluate import evaluate
-from .io import atomic_write_json
+from .io import atomic_write_json, file_sha256, read_json
 from .models import check_model_args, create_model
 from .train import METHODS, train
 
@@ -216,7 +217,8 @@ def run(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, pro
     torch.manual_seed(spec.seed)
     model = create_model(spec.backbone, spec.kind, spec.scale, spec.n_experts, spec.num_classes, spec.router,
                          spec.base_width).to(dev)
-    for pattern in ("eps-sweep-*.json", "autoattack-*.json"):  # evaluations of an earlier model of this spec
+    for pattern in ("eps-sweep-*.json", "autoattack-*.json", "audit-*.json",  # evaluations of an earlier model
+                    ".*.tmp"):  # temp files of a write killed before its rename
         for stale in out.glob(pattern):
             stale.unlink()
     history = train(spec, model, train_data, test_data, out, dev, progress, position)
@@ -227,6 +229,7 @@ def run(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, pro
         "spec": dataclasses.asdict(spec), "hash": spec.hash, "name": spec.name,
         "final": final, "history": history,
         "data": {"train": train_data.source, "n_train": len(train_data), "n_test": len(test_data)},
+        "checkpoint_sha256": file_sha256(out / "checkpoint.pt"),
         "provenance": {**started, "train_seconds_this_call": t1 - t0, "eval_seconds": t2 - t1,
                        "train_seconds_total": sum(h["seconds"] for h in history),
                        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
@@ -236,11 +239,12 @@ def run(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, pro
 
 
 def load(spec: ExperimentSpec, root: Path | None = None) -> dict:
+    """The stored metrics; FileNotFoundError if missing or damaged (a damaged file also warns)."""
     path = result_dir(spec, root) / "metrics.json"
-    if not path.is_file():
+    metrics = read_json(path)
+    if metrics is None:
         raise FileNotFoundError(f"no stored result for {spec.name} ({spec.hash}) in {path.parent}; "
                                 f"compute it with: advmoe run --preset {spec.preset}")
-    metrics = json.loads(path.read_text())
     if metrics.get("hash") != spec.hash:
         raise ValueError(f"{path} holds spec {metrics.get('hash')}, not {spec.hash}; delete it and re-run")
     return metrics
@@ -251,7 +255,12 @@ def load_model(spec: ExperimentSpec, root: Path | None = None, device: str = "cp
     from .io import load_checkpoint
 
     path = result_dir(spec, root) / "checkpoint.pt"
-    state = load_checkpoint(path, spec) if path.is_file() else None
+    metrics = read_json(path.parent / "metrics.json")
+    if path.is_file() and metrics and metrics.get("checkpoint_sha256") not in (None, file_sha256(path)):
+        warnings.warn(f"checkpoint {path} does not match the sha256 in metrics.json (damaged or replaced)")
+        state = None
+    else:
+        state = load_checkpoint(path, spec) if path.is_file() else None
     if state is None or state["epoch"] < spec.epochs:
         raise FileNotFoundError(f"no finished checkpoint for {spec.name} in {path.parent}; "
                                 f"train it with: advmoe run --preset {spec.preset}")
@@ -263,11 +272,14 @@ def load_model(spec: ExperimentSpec, root: Path | None = None, device: str = "cp
 
 def trained_model(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None,
                   progress: bool = True) -> torch.nn.Module:
-    """The model from its finished checkpoint, training it first if there is none."""
+    """The model from its finished checkpoint, training it first if there is none (or it is damaged).
+
+    Training is deterministic for a spec, so a model re-trained this way reproduces the stored metrics.
+    """
     try:
         return load_model(spec, root, device)
     except FileNotFoundError:
-        get(spec, device, root, progress=progress)
+        run(spec, device, root, progress)
         return load_model(spec, root, device)
 
 
@@ -285,8 +297,9 @@ def eps_sweep(spec: ExperimentSpec, eps_grid: list[float], steps: int | None = N
         check_attack(e, spec.eval_step_size, steps)
     key = hashlib.sha256(json.dumps([list(map(float, eps_grid)), steps]).encode()).hexdigest()[:8]
     path = result_dir(spec, root) / f"eps-sweep-{key}.json"
-    if path.is_file() and not recompute:
-        return json.loads(path.read_text())
+    stored = None if recompute else read_json(path)
+    if stored is not None:
+        return stored
     model = trained_model(spec, device, root, progress)
     test_data = datalib.load(spec.dataset, "test", subset=spec.test_subset, seed=SUBSET_SEED)
     t0 = time.perf_counter()
@@ -302,13 +315,16 @@ def eps_sweep(spec: ExperimentSpec, eps_grid: list[float], steps: int | None = N
 def autoattack_settings(preset: str) -> tuple[str, int | None]:
     """(AutoAttack version, number of test examples) for a preset."""
     return {"smoke": ("apgd-ce", 8),          # seconds: APGD-CE alone on a handful of images
-            "cpu": ("standard", 200),         # provisional: on 2 cores this took > 10 min for AT(Dense) alone; to resize
+            # cpu: measured (benchmarks/autoattack_cost.py, AT(Dense), 100 images, 2 threads): 304 s, of which
+            # APGD-CE 11 s, then per image still robust APGD-T 2.2 s, FAB-T 5.3 s, Square 5.4 s. The cost
+            # follows the number of robust images, so n=200 is ~10 min for AT(Dense), less for the rest.
+            "cpu": ("standard", 200),
             "paper": ("standard", None),      # Table 2: standard AutoAttack on the full test set
             }[preset]
 
 
 def autoattack_eval(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, recompute: bool = False,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, position: int = 0) -> dict:
     """RA-AA (Table 2) of a trained model, and RA-PGD on the same examples, stored beside its metrics.json.
 
     The examples are a fixed, class-balanced subset of the experiment's test set (all of it for `paper`).
@@ -318,8 +334,9 @@ def autoattack_eval(spec: ExperimentSpec, device: str = "cpu", root: Path | None
 
     version, n = autoattack_settings(spec.preset)
     path = result_dir(spec, root) / f"autoattack-{version}-n{n or 'all'}.json"
-    if path.is_file() and not recompute:
-        return json.loads(path.read_text())
+    stored = None if recompute else read_json(path)
+    if stored is not None:
+        return stored
     model = trained_model(spec, device, root, progress)
     dev = resolve_device(device)
     test = datalib.load(spec.dataset, "test", subset=spec.test_subset, seed=SUBSET_SEED).subset(n, SUBSET_SEED)
@@ -357,14 +374,15 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _get_in_worker(args) -> dict:
-    spec, device, root, recompute, progress, position = args
-    return get(spec, device, root, recompute, progress, position)
+def _task_in_worker(args) -> dict:
+    task, *rest = args
+    return task(*rest)
 
 
 def get_many(specs: list[ExperimentSpec], device: str = "cpu", root: Path | None = None, recompute: bool = False,
-             progress: bool = True, jobs: int = 1, on_done=None) -> list[dict]:
-    """`get` for several specs; with jobs > 1, in that many single-process workers sharing the CPU cores.
+             progress: bool = True, jobs: int = 1, on_done=None, task=None) -> list[dict]:
+    """`get` (or another task with get's arguments, such as `audit.audit`) for several specs; with jobs > 1,
+    in that many single-process workers sharing the CPU cores.
 
     On a 2-core CPU, two one-thread workers train about 25% more images per second than one two-thread
     process (small convolutions parallelise poorly). The thread count is part of the provenance: results
@@ -373,10 +391,11 @@ def get_many(specs: list[ExperimentSpec], device: str = "cpu", root: Path | None
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     resolve_device(device)
+    task = task or get
     if jobs == 1 or len(specs) == 1:
         results = []
         for spec in specs:
-            results.append(get(spec, device, root, recompute, progress))
+            results.append(task(spec, device, root, recompute, progress))
             if on_done:
                 on_done(spec, results[-1])
         return results
@@ -387,7 +406,7 @@ def get_many(specs: list[ExperimentSpec], device: str = "cpu", root: Path | None
     threads = max(1, (os.cpu_count() or 1) // jobs)
     results: list[dict | None] = [None] * len(specs)
     with cf.ProcessPoolExecutor(jobs, mp.get_context("spawn"), initializer=_worker_init, initargs=(threads,)) as pool:
-        futures = {pool.submit(_get_in_worker, (specs[i], device, root, recompute, progress, k % jobs)): i
+        futures = {pool.submit(_task_in_worker, (task, specs[i], device, root, recompute, progress, k % jobs)): i
                    for k, i in enumerate(order)}
         for fut in cf.as_completed(futures):
             i = futures[fut]

@@ -1,6 +1,11 @@
-"""Atomic writes (temp file + rename) and safe checkpoint loading: a crash never leaves half a file."""
+"""Atomic writes (temp file + rename), checksummed JSON results and safe checkpoint loading.
+
+A crash never leaves half a file, and a file damaged later (truncated, edited, bit-flipped) is detected:
+every JSON result carries the sha256 of its own content, and metrics.json the sha256 of its checkpoint.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -29,8 +34,40 @@ def atomic_torch_save(obj, path: Path) -> None:
     _atomic(path, lambda f: torch.save(obj, f))
 
 
-def atomic_write_json(obj, path: Path) -> None:
+def _checksum(obj: dict) -> str:
+    body = {k: v for k, v in obj.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def atomic_write_json(obj: dict, path: Path) -> None:
+    """Write a JSON object atomically, with a "checksum" field that `read_json` verifies."""
+    obj = {**obj, "checksum": _checksum(obj)}
     _atomic(path, lambda f: f.write((json.dumps(obj, indent=1, sort_keys=False) + "\n").encode()))
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON object written by `atomic_write_json`; None if missing, and None with a warning if it is
+    damaged (unparsable, or its checksum does not match: truncated, edited or corrupted), so it is recomputed."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        obj = json.loads(path.read_text())
+        ok = isinstance(obj, dict) and obj.get("checksum") == _checksum(obj)
+    except (ValueError, UnicodeDecodeError):
+        ok = False
+    if not ok:
+        warnings.warn(f"{path} is damaged (unreadable or checksum mismatch); it will be recomputed")
+        return None
+    return obj
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def load_checkpoint(path: Path, spec) -> dict | None:

@@ -8,8 +8,11 @@ authors' code: the chosen expert's output is multiplied by 1 + p - stop_grad(p),
 where p is the router's softmax probability of that expert (value 1, gradient dp).
 
 Execution is really sparse: each sample runs only its chosen expert (the batch is
-grouped by expert). `dense_reference(model)` switches to computing every expert and
-masking; it exists for the tests and the benchmark only, never for training.
+grouped by expert). Three other modes exist for checking, never for training:
+`dense_reference(model)` computes every expert and masks (tests and benchmark);
+`soft_routing(model)` mixes every expert by its router probability and
+`fixed_routing(model, routes)` replays given routing choices: both are smooth
+surrogates that the robustness audit attacks (advmoe.audit, check f).
 """
 from __future__ import annotations
 
@@ -61,7 +64,8 @@ class MoEConv2d(nn.Module):
             nn.init.kaiming_uniform_(w, a=math.sqrt(5))
         self.router = Router(in_channels, n_experts) if router else None
         self.shared_logits: torch.Tensor | None = None  # set by RoutedNet when the router is shared
-        self.dense_reference = False
+        self.mode = "sparse"  # or "dense-reference", "soft", "fixed" (see the module docstring)
+        self.fixed_choice: torch.Tensor | None = None
         self.record: list[torch.Tensor] | None = None
 
     def expert_weight(self, e: int) -> torch.Tensor:
@@ -71,10 +75,13 @@ class MoEConv2d(nn.Module):
         logits = self.router(x) if self.router is not None else self.shared_logits
         if logits is None:
             raise RuntimeError("MoEConv2d without its own router must run inside a RoutedNet")
-        choice = logits.argmax(1)
+        choice = self.fixed_choice if self.mode == "fixed" else logits.argmax(1)
         if self.record is not None:
             self.record.append(choice.detach().cpu())
-        out = self._dense_masked(x, choice) if self.dense_reference else self._sparse(x, choice)
+        if self.mode == "soft":  # every expert, weighted by its router probability (no straight-through gate)
+            return self._mixed(x, logits.softmax(1))
+        out = (self._mixed(x, F.one_hot(choice, self.n_experts).to(x.dtype)) if self.mode == "dense-reference"
+               else self._sparse(x, choice))
         if logits.requires_grad:  # straight-through gate: forward value 1, gradient to the router logits
             p = logits.softmax(1).gather(1, choice[:, None]).squeeze(1)
             out = out * (1 + p - p.detach()).view(-1, 1, 1, 1)
@@ -97,11 +104,10 @@ class MoEConv2d(nn.Module):
             out.index_copy_(0, idx, y)
         return out
 
-    def _dense_masked(self, x: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
+    def _mixed(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         y = self._conv(x, self.weight)  # every expert on every sample (the authors' released layer)
         y = y.view(y.shape[0], self.n_experts, self.out_channels, *y.shape[2:])
-        mask = F.one_hot(choice, self.n_experts).to(y.dtype).view(-1, self.n_experts, 1, 1, 1)
-        return (y * mask).sum(1)
+        return (y * weights.view(-1, self.n_experts, 1, 1, 1)).sum(1)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, n_experts={self.n_experts}, "
@@ -176,13 +182,28 @@ def record_routing(model: nn.Module):
 
 
 @contextlib.contextmanager
-def dense_reference(model: nn.Module):
-    """Compute every expert and mask (the authors' layer): for tests and the benchmark only."""
-    layers = moe_layers(model).values()
-    for m in layers:
-        m.dense_reference = True
+def _routing_mode(model: nn.Module, mode: str, routes: dict[str, torch.Tensor] | None = None):
+    layers = moe_layers(model)
+    for name, m in layers.items():
+        m.mode = mode
+        m.fixed_choice = None if routes is None else routes[name]
     try:
         yield model
     finally:
-        for m in layers:
-            m.dense_reference = False
+        for m in layers.values():
+            m.mode, m.fixed_choice = "sparse", None
+
+
+def dense_reference(model: nn.Module):
+    """Compute every expert and mask (the authors' layer): for tests and the benchmark only."""
+    return _routing_mode(model, "dense-reference")
+
+
+def soft_routing(model: nn.Module):
+    """Each MoE layer outputs the router-probability-weighted sum of all its experts (an attack surrogate)."""
+    return _routing_mode(model, "soft")
+
+
+def fixed_routing(model: nn.Module, routes: dict[str, torch.Tensor]):
+    """Each MoE layer uses the given per-sample choices (from `record_routing`) instead of its router's."""
+    return _routing_mode(model, "fixed", routes)
