@@ -86,15 +86,15 @@ def _predict(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return model(x).argmax(1) == y
 
 
-def _router_attacks(model, x, y, spec, generator) -> dict[str, torch.Tensor]:
+def _router_attacks(model, x, y, attack) -> dict[str, torch.Tensor]:
     """Correct-per-example of the real model on examples crafted through the two routing surrogates."""
     with soft_routing(model):
-        soft = pgd(model, x, y, spec.eval_eps, spec.eval_step_size, spec.eval_steps, generator=generator)
+        soft = attack(model, x, y)
     with record_routing(model) as routes, torch.no_grad():
         model.eval()
         model(x)
     with fixed_routing(model, dict(routes)):
-        fixed = pgd(model, x, y, spec.eval_eps, spec.eval_step_size, spec.eval_steps, generator=generator)
+        fixed = attack(model, x, y)
     return {"soft-routing": _predict(model, soft, y), "fixed-routing": _predict(model, fixed, y)}
 
 
@@ -107,11 +107,59 @@ def _input_gradients(model, x, y) -> tuple[int, int]:
     return int((flat == 0).all(1).sum()), int((~torch.isfinite(flat)).any(1).sum())
 
 
-def run_audit(spec: ex.ExperimentSpec, device: str = "cpu", root: Path | None = None,
-              progress: bool = True, batch_size: int = 250) -> dict:
-    """Attack the trained model every way the checks need; return the raw numbers and the seven checks."""
+def measure(model, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, eval_steps: int,
+            steps=(10, 20, 50, 100), square_queries: int = 1000, source=None, seed: int = 0,
+            batch_size: int = 250, progress: bool = False, desc: str = "audit") -> dict:
+    """Every attack the checks compare, on the same examples: RA per attack and the input-gradient counts.
+
+    PGD-k for each k in steps is the k-th iterate of one run (same start), so the step counts are compared
+    on equal terms; PGD-eval_steps is the reported attack. source: a model for the transfer attack.
+    """
     from tqdm import tqdm
 
+    steps = sorted(set(steps) | {eval_steps})
+    generator = torch.Generator(x.device).manual_seed(seed)
+
+    def attack(m, xb, yb):
+        return pgd(m, xb, yb, eps, step_size, eval_steps, generator=generator)
+
+    correct: dict[str, list[torch.Tensor]] = {}
+    zero_grads = nonfinite_grads = 0
+    is_moe = bool(moe_layers(model))
+    for s in tqdm(range(0, len(x), batch_size), desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+        xb, yb = x[s:s + batch_size], y[s:s + batch_size]
+        model.eval()
+        found = {"clean": _predict(model, xb, yb),
+                 "eps0": _predict(model, pgd(model, xb, yb, 0.0, step_size, 1, generator=generator), yb)}
+        for k, x_adv in enumerate(pgd_iterates(model, xb, yb, eps, step_size, max(steps), generator=generator), 1):
+            if k in steps:
+                found[f"pgd-{k}"] = _predict(model, x_adv, yb)
+        found["large-eps"] = _predict(model, pgd(model, xb, yb, LARGE_EPS, 2.5 * LARGE_EPS / eval_steps, eval_steps,
+                                                 generator=generator), yb)
+        found["square"] = _predict(model, square(model, xb, yb, eps, square_queries, seed=seed), yb)
+        if source is not None:
+            found["transfer"] = _predict(model, attack(source, xb, yb), yb)
+        if is_moe:
+            found.update(_router_attacks(model, xb, yb, attack))
+        for k, c in found.items():
+            correct.setdefault(k, []).append(c)
+        z, nf = _input_gradients(model, xb, yb)
+        zero_grads, nonfinite_grads = zero_grads + z, nonfinite_grads + nf
+    correct_all = {k: torch.cat(v) for k, v in correct.items()}
+    worst = correct_all[f"pgd-{eval_steps}"].clone()
+    for k in ("transfer", "soft-routing", "fixed-routing"):
+        if k in correct_all:
+            worst &= correct_all[k]
+    ra = {k: float(v.float().mean()) for k, v in correct_all.items()}
+    ra["worst-case (f)"] = float(worst.float().mean())
+    return {"n": len(x), "ra": ra, "steps": steps, "eval_steps": eval_steps, "eps": eps, "large_eps": LARGE_EPS,
+            "square_queries": square_queries, "zero_gradient_examples": zero_grads,
+            "nonfinite_gradient_examples": nonfinite_grads}
+
+
+def run_audit(spec: ex.ExperimentSpec, device: str = "cpu", root: Path | None = None,
+              progress: bool = True, batch_size: int = 250) -> dict:
+    """Audit a trained experiment: `measure` on its audit subset, plus its stored metrics and AutoAttack result."""
     cfg = settings(spec.preset)
     dev = ex.resolve_device(device)
     metrics = ex.load(spec, root)
@@ -119,76 +167,41 @@ def run_audit(spec: ex.ExperimentSpec, device: str = "cpu", root: Path | None = 
     source_spec = transfer_source(spec)
     source = ex.trained_model(source_spec, device, root, progress) if source_spec else None
     test = datalib.load(spec.dataset, "test", subset=spec.test_subset, seed=ex.SUBSET_SEED).subset(cfg["n"], ex.SUBSET_SEED)
-    generator = torch.Generator(dev).manual_seed(spec.seed)
-    steps = sorted(set(cfg["steps"]) | {spec.eval_steps})
-    keys = ["clean", "eps0", "large-eps", "square", "transfer", "soft-routing", "fixed-routing"] + \
-        [f"pgd-{k}" for k in steps]
-    correct = {k: [] for k in keys}
-    zero_grads = nonfinite_grads = 0
     started = ex.provenance(dev)
     t0 = time.perf_counter()
-    is_moe = bool(moe_layers(model))
-    batches = range(0, len(test), batch_size)
-    for s in tqdm(batches, desc=f"audit {spec.name}", disable=not progress, leave=False, dynamic_ncols=True):
-        x, y = datalib.to_float(test.images[s:s + batch_size], dev), test.labels[s:s + batch_size].to(dev)
-        model.eval()
-        correct["clean"].append(_predict(model, x, y))
-        correct["eps0"].append(_predict(model, pgd(model, x, y, 0.0, spec.eval_step_size, 1, generator=generator), y))
-        for k, x_adv in enumerate(pgd_iterates(model, x, y, spec.eval_eps, spec.eval_step_size, max(steps),
-                                               generator=generator), start=1):
-            if k in steps:
-                correct[f"pgd-{k}"].append(_predict(model, x_adv, y))
-        large_step = 2.5 * LARGE_EPS / spec.eval_steps
-        correct["large-eps"].append(_predict(model, pgd(model, x, y, LARGE_EPS, large_step, spec.eval_steps,
-                                                        generator=generator), y))
-        correct["square"].append(_predict(model, square(model, x, y, spec.eval_eps, cfg["square_queries"],
-                                                        seed=spec.seed), y))
-        if source is not None:
-            x_adv = pgd(source, x, y, spec.eval_eps, spec.eval_step_size, spec.eval_steps, generator=generator)
-            correct["transfer"].append(_predict(model, x_adv, y))
-        if is_moe:
-            for name, c in _router_attacks(model, x, y, spec, generator).items():
-                correct[name].append(c)
-        z, nf = _input_gradients(model, x, y)
-        zero_grads, nonfinite_grads = zero_grads + z, nonfinite_grads + nf
-    correct = {k: torch.cat(v) for k, v in correct.items() if v}
-    ra = {k: float(v.float().mean()) for k, v in correct.items()}
-    pgd_key = f"pgd-{spec.eval_steps}"
-    worst = correct[pgd_key].clone()
-    for k in ("transfer", "soft-routing", "fixed-routing"):
-        if k in correct:
-            worst &= correct[k]
-    ra["worst-case (f)"] = float(worst.float().mean())
+    raw = measure(model, datalib.to_float(test.images, dev), test.labels.to(dev), spec.eval_eps, spec.eval_step_size,
+                  spec.eval_steps, cfg["steps"], cfg["square_queries"], source, spec.seed, batch_size, progress,
+                  f"audit {spec.name}")
+    seconds = time.perf_counter() - t0
     aa = ex.autoattack_eval(spec, device, root, progress=progress)
-    raw = {"n": len(test), "ra": ra, "steps": steps, "eval_steps": spec.eval_steps, "large_eps": LARGE_EPS, "square_queries": cfg["square_queries"],
-           "zero_gradient_examples": zero_grads, "nonfinite_gradient_examples": nonfinite_grads,
-           "transfer_source": source_spec.name if source_spec else None,
-           "autoattack": {k: aa[k] for k in ("ra_aa", "ra_pgd_same_examples", "n", "version")},
-           "stored_metrics": {k: metrics["final"][k] for k in ("sa", "ra", "ra_by_eps", "sanity")}}
+    raw.update(transfer_source=source_spec.name if source_spec else None,
+               autoattack={k: aa[k] for k in ("ra_aa", "ra_pgd_same_examples", "n", "version")},
+               stored_metrics={k: metrics["final"][k] for k in ("sa", "ra", "ra_by_eps", "sanity")})
     return {"spec": dataclasses.asdict(spec), "hash": spec.hash, **raw, "checks": checks(raw),
-            "provenance": {**started, "seconds": time.perf_counter() - t0}}
+            "provenance": {**started, "seconds": seconds, "autoattack_seconds": aa["seconds"]}}
 
 
 def checks(raw: dict) -> dict[str, dict]:
     """The seven checks from the raw numbers: {letter: {title, passed, detail}}; passed None = not applicable."""
     n, ra = raw["n"], raw["ra"]
-    steps, stored = raw["steps"], raw["stored_metrics"]
+    steps, stored, aa = raw["steps"], raw.get("stored_metrics"), raw.get("autoattack")
     pgd_key = f"pgd-{raw['eval_steps']}"  # the reported attack (PGD-eval_steps), on the audit subset
     out = {}
 
     def put(letter, passed, detail):
         out[letter] = {"title": CHECKS[letter][0], "passed": passed, "detail": detail}
 
-    put("a", ra["eps0"] == ra["clean"] and stored["sanity"]["ra_eps0_equals_sa"],
-        f"audit subset: RA(0) {100 * ra['eps0']:.2f} vs SA {100 * ra['clean']:.2f}; "
-        f"full test set: RA(0) {stored['ra_by_eps']['0/255']} vs SA {stored['sa']}")
+    put("a", ra["eps0"] == ra["clean"] and (stored is None or stored["sanity"]["ra_eps0_equals_sa"]),
+        f"audit subset: RA(0) {100 * ra['eps0']:.2f} vs SA {100 * ra['clean']:.2f}" +
+        (f"; test set: RA(0) {100 * stored['ra_by_eps']['0/255']:.2f} vs SA {100 * stored['sa']:.2f}" if stored else ""))
     by_steps = [ra[f"pgd-{k}"] for k in steps]
     tol_b = tolerance(by_steps[0], n)
     rises = [(a, b) for a, b in zip(by_steps, by_steps[1:]) if b > a + tol_b]
-    put("b", not rises and stored["sanity"]["ra_nonincreasing_in_eps"],
+    put("b", not rises and (stored is None or stored["sanity"]["ra_nonincreasing_in_eps"]),
         "RA by PGD steps " + ", ".join(f"{k}: {100 * r:.2f}" for k, r in zip(steps, by_steps)) +
-        f" (tolerance {100 * tol_b:.2f} pp); by eps (full test set) " +
-        ", ".join(f"{e}: {100 * r:.2f}" for e, r in stored["ra_by_eps"].items()))
+        f" (tolerance {100 * tol_b:.2f} pp)" +
+        ("; by eps (test set) " + ", ".join(f"{e}: {100 * r:.2f}" for e, r in stored["ra_by_eps"].items())
+         if stored else ""))
     threshold = max(0.02, 1 / n)
     put("c", ra["large-eps"] <= threshold,
         f"RA at eps {raw['large_eps'] * 255:.0f}/255: {100 * ra['large-eps']:.2f} (threshold {100 * threshold:.2f})")
@@ -196,11 +209,13 @@ def checks(raw: dict) -> dict[str, dict]:
     put("d", ra["square"] >= ra[pgd_key] - tol,
         f"Square ({raw['square_queries']} queries) {100 * ra['square']:.2f} vs {pgd_key.upper()} "
         f"{100 * ra[pgd_key]:.2f} (tolerance {100 * tol:.2f} pp)")
-    aa = raw["autoattack"]
-    tol_e = tolerance(aa["ra_pgd_same_examples"], aa["n"])
-    put("e", aa["ra_aa"] <= aa["ra_pgd_same_examples"] + tol_e,
-        f"AutoAttack ({aa['version']}, n={aa['n']}) {100 * aa['ra_aa']:.2f} vs PGD "
-        f"{100 * aa['ra_pgd_same_examples']:.2f} on the same examples (tolerance {100 * tol_e:.2f} pp)")
+    if aa is None:
+        put("e", None, "AutoAttack not run")
+    else:
+        tol_e = tolerance(aa["ra_pgd_same_examples"], aa["n"])
+        put("e", aa["ra_aa"] <= aa["ra_pgd_same_examples"] + tol_e,
+            f"AutoAttack ({aa['version']}, n={aa['n']}) {100 * aa['ra_aa']:.2f} vs PGD "
+            f"{100 * aa['ra_pgd_same_examples']:.2f} on the same examples (tolerance {100 * tol_e:.2f} pp)")
     extra = [k for k in ("soft-routing", "fixed-routing", "transfer") if k in ra]
     put("f", (ra["worst-case (f)"] >= ra[pgd_key] - tol) if extra else None,
         (", ".join(f"{k} {100 * ra[k]:.2f}" for k in extra) +
@@ -213,17 +228,26 @@ def checks(raw: dict) -> dict[str, dict]:
 
 
 
+def _path(spec: ex.ExperimentSpec, root: Path | None = None) -> Path:
+    key = hashlib.sha256(json.dumps(settings(spec.preset), sort_keys=True).encode()).hexdigest()[:8]
+    return ex.result_dir(spec, root) / f"audit-{key}.json"
+
+
+def stored(spec: ex.ExperimentSpec, root: Path | None = None) -> dict | None:
+    """The stored audit of a model, or None (never computes)."""
+    return read_json(_path(spec, root))
+
+
 def audit(spec: ex.ExperimentSpec, device: str = "cpu", root: Path | None = None, recompute: bool = False,
           progress: bool = True, position: int = 0) -> dict:
     """The stored audit of a trained model (audit-<settings>.json beside its metrics), computing it if missing.
 
     The model is trained first if it has no result; the audit is dropped whenever the model is retrained.
     """
-    key = hashlib.sha256(json.dumps(settings(spec.preset), sort_keys=True).encode()).hexdigest()[:8]
-    path = ex.result_dir(spec, root) / f"audit-{key}.json"
-    stored = None if recompute else read_json(path)
-    if stored is not None:
-        return stored
+    path = _path(spec, root)
+    previous = None if recompute else read_json(path)
+    if previous is not None:
+        return previous
     ex.get(spec, device, root, progress=progress, position=position)
     result = run_audit(spec, device, root, progress)
     atomic_write_json(result, path)

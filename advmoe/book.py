@@ -18,14 +18,17 @@ from .data import REPO
 from .report import check_params
 
 PAGES = ["notebooks/tab1_overall.ipynb", "notebooks/fig1_overview.ipynb", "notebooks/fig2_at_vs_eps.ipynb",
+         "notebooks/tab2_autoattack.ipynb", "notebooks/audit_robustness.ipynb",
          "book/claims.ipynb", "book/status.ipynb"]  # the ledger and status read what the others wrote: last
 
 
 def execute(preset: str = "cpu", device: str = "cpu", recompute: bool = False, pages: list[str] | None = None,
             progress: bool = True, jobs: int = 1) -> dict[str, float]:
-    """Execute the pages; missing experiments (all of them with recompute) are first trained `jobs` at a time."""
+    """Execute the pages; missing experiments (all of them with recompute) are first trained `jobs` at a time,
+    then missing robustness audits (with their AutoAttack runs) computed the same way."""
     import papermill as pm
 
+    from . import audit
     from .experiments import get_many, load
     from .report import page_specs
 
@@ -35,6 +38,10 @@ def execute(preset: str = "cpu", device: str = "cpu", recompute: bool = False, p
     if missing:
         tqdm.write(f"training {len(missing)} experiment(s) the pages need, {jobs} at a time")
         get_many(missing, device, recompute=recompute, progress=progress, jobs=jobs)
+    unaudited = [s for s in specs if audit.stored(s) is None]  # retraining dropped the audits of retrained models
+    if unaudited:
+        tqdm.write(f"auditing {len(unaudited)} model(s) (AutoAttack included), {jobs} at a time")
+        get_many(unaudited, device, progress=progress, jobs=jobs, task=audit.audit)
     times = {}
     for page in tqdm(pages or PAGES, desc="notebooks", disable=not progress):
         path = REPO / page

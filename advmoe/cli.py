@@ -7,6 +7,7 @@ the same command resumes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -25,6 +26,9 @@ def _specs(args, every: bool = False) -> list[ex.ExperimentSpec]:
         specs = [s for s in page_specs(args.preset) if seeds is None or s.seed in seeds]
     else:
         specs = ex.table1(args.preset, seeds)
+    if getattr(args, "set", None):
+        overrides = _overrides(args.set)
+        specs = [s.replace(**overrides) for s in specs]
     if args.only:
         specs = [s for s in specs if any(o in s.name for o in args.only)]
         if not specs:
@@ -115,6 +119,21 @@ def cmd_fetch(args) -> int:
     return 0
 
 
+def _overrides(pairs: list[str]) -> dict:
+    """--set key=value ... -> spec field overrides (values parsed as JSON when they can be: 3, 0.5, null)."""
+    fields = [f.name for f in dataclasses.fields(ex.ExperimentSpec) if f.name != "preset"]
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"--set expects field=value with field one of {', '.join(fields)}; got {pair!r}")
+        try:
+            out[key] = json.loads(text)
+        except ValueError:
+            out[key] = text
+    return out
+
+
 def _at_least(minimum: int):
     """An argparse type: an integer >= minimum (argparse turns the ValueError into one line, exit 2)."""
     def parse(text: str) -> int:
@@ -128,10 +147,6 @@ def _at_least(minimum: int):
     return parse
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: finally blocks remove temp files
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="advmoe", description="AdvMoE reproduction: train, evaluate, benchmark.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -140,6 +155,9 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--preset", default="cpu", choices=ex.PRESETS, help="experiment preset (default: cpu)")
         q.add_argument("--only", nargs="*", help="run only experiments whose name contains one of these strings")
         q.add_argument("--seeds", nargs="*", type=_at_least(0), help="seeds (default: the preset's)")
+        q.add_argument("--set", nargs="*", metavar="FIELD=VALUE",
+                       help="override experiment settings, e.g. --set epochs=4 test_subset=500 (results are stored "
+                            "under their own hash)")
 
     def with_compute(q, what):
         q.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
@@ -195,7 +213,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, ex._interrupt)
     try:
         return args.func(args)
     except (ValueError, datalib.DataMissingError, FileNotFoundError) as e:

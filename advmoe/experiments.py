@@ -257,7 +257,9 @@ def load_model(spec: ExperimentSpec, root: Path | None = None, device: str = "cp
     path = result_dir(spec, root) / "checkpoint.pt"
     metrics = read_json(path.parent / "metrics.json")
     if path.is_file() and metrics and metrics.get("checkpoint_sha256") not in (None, file_sha256(path)):
-        warnings.warn(f"checkpoint {path} does not match the sha256 in metrics.json (damaged or replaced)")
+        warnings.warn(f"checkpoint {path} does not match the sha256 in metrics.json (damaged or replaced); "
+                      f"removed, the model will be retrained")
+        path.unlink()
         state = None
     else:
         state = load_checkpoint(path, spec) if path.is_file() else None
@@ -370,8 +372,15 @@ def relative_cost(spec: ExperimentSpec) -> float:
     return per_step * {"dense": 1.0, "s-dense": 0.5, "moe": 0.8}[spec.kind] * spec.epochs * (spec.train_subset or 50_000)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: finally blocks remove temporary files
+
+
 def _worker_init(threads: int) -> None:
+    import signal
+
     torch.set_num_threads(threads)
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _task_in_worker(args) -> dict:
@@ -405,7 +414,8 @@ def get_many(specs: list[ExperimentSpec], device: str = "cpu", root: Path | None
     order = sorted(range(len(specs)), key=lambda i: -relative_cost(specs[i]))
     threads = max(1, (os.cpu_count() or 1) // jobs)
     results: list[dict | None] = [None] * len(specs)
-    with cf.ProcessPoolExecutor(jobs, mp.get_context("spawn"), initializer=_worker_init, initargs=(threads,)) as pool:
+    pool = cf.ProcessPoolExecutor(jobs, mp.get_context("spawn"), initializer=_worker_init, initargs=(threads,))
+    try:
         futures = {pool.submit(_task_in_worker, (task, specs[i], device, root, recompute, progress, k % jobs)): i
                    for k, i in enumerate(order)}
         for fut in cf.as_completed(futures):
@@ -413,4 +423,10 @@ def get_many(specs: list[ExperimentSpec], device: str = "cpu", root: Path | None
             results[i] = fut.result()
             if on_done:
                 on_done(specs[i], results[i])
+    except BaseException:  # interrupted or failed: stop the other workers too (each keeps its last checkpoint)
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
     return results

@@ -23,9 +23,22 @@ FIG1B = (("ST (Dense)", "dense", "standard", 1.0), ("ST (S-Dense)", "s-dense", "
          ("ST (MoE)", "moe", "standard", 0.5)) + ex.TABLE1
 
 
-def check_params(preset: str, device: str, recompute: bool, **lists) -> None:
-    """Validate a notebook's parameters before any compute; raises ValueError with one line saying what is allowed."""
-    if preset not in ex.PRESETS:
+IPYTHON_NAMES = {"In", "Out"}  # plain-valued names IPython itself puts in a notebook's namespace
+
+
+def check_params(preset: str, device: str, recompute: bool, names: dict | None = None, **lists) -> None:
+    """Validate a notebook's parameters before any compute; raises ValueError with one line saying what is allowed.
+
+    names: the notebook's globals(); any other plain-valued name there is a parameter papermill injected
+    that this notebook does not take (papermill itself only warns about those).
+    """
+    allowed = {"preset", "device", "recompute", *lists}
+    if names is not None:
+        unknown = sorted(k for k, v in names.items() if not k.startswith("_") and k not in allowed | IPYTHON_NAMES
+                         and isinstance(v, (str, int, float, bool, list, tuple, dict, type(None))))
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; this notebook takes: {', '.join(sorted(allowed))}")
+    if not isinstance(preset, str) or preset not in ex.PRESETS:
         raise ValueError(f"preset must be one of {', '.join(ex.PRESETS)}, got {preset!r}")
     if not isinstance(device, str):
         raise ValueError(f"device must be a string (cpu, cuda, cuda:N, auto), got {device!r}")
@@ -35,6 +48,9 @@ def check_params(preset: str, device: str, recompute: bool, **lists) -> None:
     for name, values in lists.items():
         if not isinstance(values, (list, tuple)) or not values:
             raise ValueError(f"{name} must be a non-empty list, got {values!r}")
+        if name.startswith("eps") and not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                              and 0 <= v <= 255 for v in values):
+            raise ValueError(f"{name} must hold numbers in [0, 255] (eps in units of 1/255), got {values!r}")
 
 
 def cells(preset: str) -> list[tuple[str, str]]:
@@ -111,6 +127,7 @@ def summary(records: list[dict], metrics=("ra", "sa"), table: str = "1"):
         row["gflops_paper"] = p[0] if p else None
         row["seeds"] = len(done)
         row["n_test"] = done[0]["final"]["n_test"] if done else None
+        row["audit"] = audit_badge([r["spec"] for r in recs if r["metrics"] is not None])
         row["note"] = recs[0]["why"] or ""
         if kind == "dense":
             dense_gflops[(d, b)] = row["gflops_ours"]
@@ -120,6 +137,33 @@ def summary(records: list[dict], metrics=("ra", "sa"), table: str = "1"):
         (1 - g / dense_gflops[(d, b)]) if g and dense_gflops.get((d, b)) else None
         for d, b, g in zip(df.dataset, df.backbone, df.gflops_ours)]
     return df
+
+
+def with_autoattack(records: list[dict], device: str, recompute: bool) -> list[dict]:
+    """The records with RA-AA (and RA-PGD on the same examples) added to each model's final metrics."""
+    out = []
+    for r in records:
+        if r["metrics"] is not None:
+            aa = ex.autoattack_eval(r["spec"], device, recompute=recompute, progress=False)
+            final = {**r["metrics"]["final"], "ra_aa": aa["ra_aa"], "ra_pgd_aa_examples": aa["ra_pgd_same_examples"],
+                     "n_ra_aa": aa["n"], "n_ra_pgd_aa_examples": aa["n"], "aa_version": aa["version"],
+                     "aa_seconds": aa["seconds"]}
+            r = {**r, "metrics": {**r["metrics"], "final": final}}
+        out.append(r)
+    return out
+
+
+def audit_badge(specs: list) -> str:
+    """One line for a table row: which audit checks its model(s) fail, from the stored audits."""
+    from . import audit
+
+    if not specs:
+        return "-"
+    results = [audit.stored(s) for s in specs]
+    if any(r is None for r in results):
+        return "not audited"
+    bad = sorted({letter for r in results for letter in audit.failed(r)})
+    return "⚠ fails " + ", ".join(f"({b})" for b in bad) if bad else "passes all checks"
 
 
 def fmt(mean, std=None, digits: int = 2) -> str:
@@ -134,16 +178,18 @@ def display_table(df, metrics=("ra", "sa")):
 
     shown = pd.DataFrame({"dataset": df.dataset, "backbone": df.backbone, "method": df.method,
                           "r": df.scale.map(lambda r: f"{r:g}")})
-    names = {"ra": "RA-PGD (%)", "sa": "SA (%)", "ra_aa": "RA-AA (%)"}
+    names = {"ra": "RA-PGD (%)", "sa": "SA (%)", "ra_aa": "RA-AA (%)", "ra_pgd_aa_examples": "RA-PGD, AA examples (%)"}
     for metric in metrics:
         shown[f"{names[metric]} ours"] = [fmt(m, s) for m, s in zip(df[f"{metric}_ours"], df[f"{metric}_ours_std"])] \
             if f"{metric}_ours" in df else "-"
-        shown[f"{names[metric]} paper"] = [fmt(m, s) for m, s in zip(df[f"{metric}_paper"], df[f"{metric}_paper_std"])]
+        if df[f"{metric}_paper"].notna().any():
+            shown[f"{names[metric]} paper"] = [fmt(m, s) for m, s in zip(df[f"{metric}_paper"], df[f"{metric}_paper_std"])]
     shown["GFLOPs ours"] = [fmt(g, digits=3) for g in df.gflops_ours]
     shown["GFLOPs ours, paper width"] = [fmt(g) for g in df.gflops_ours_paper_width]
     shown["GFLOPs paper"] = [fmt(g) for g in df.gflops_paper]
     shown["GFLOPs cut ours"] = [f"{100 * x:.0f}%" if x is not None and not math.isnan(x) else "-"
                                 for x in df.gflops_reduction_ours]
+    shown["audit"] = df.audit
     if (df.note != "").any():
         shown["note"] = df.note
     return shown
@@ -174,7 +220,7 @@ def verdict(claim: str, a: list[dict], b: list[dict], metric: str = "ra", preset
     vb = [x["final"][metric] for x in b]
     gaps = [100 * (x - y) for x, y in zip(va, vb)]
     gap, sd = _mean_std(gaps)
-    n = a[0]["final"]["n_test"]
+    n = a[0]["final"].get(f"n_{metric}", a[0]["final"]["n_test"])  # e.g. RA-AA runs on a subset: n_ra_aa
     pa, pb = sum(va) / len(va), sum(vb) / len(vb)
     sampling = 100 * math.sqrt((pa * (1 - pa) + pb * (1 - pb)) / (n * len(va)))
     se = math.sqrt(sampling ** 2 + ((sd ** 2) / len(gaps) if sd is not None else 0.0))

@@ -55,6 +55,12 @@ def test_verdict_follows_the_numbers():
     (dict(preset="cpu", device="cuda", recompute=False), "no CUDA GPU"),
     (dict(preset="cpu", device="cpu", recompute="yes"), "recompute must be True or False"),
     (dict(preset="cpu", device="cpu", recompute=False, eps_grid=[]), "eps_grid must be a non-empty list"),
+    (dict(preset="cpu", device="cpu", recompute=False, eps_grid=[2, "8"]), "eps_grid must hold numbers in [0, 255]"),
+    (dict(preset="cpu", device="cpu", recompute=False, eps_grid=[300]), "eps_grid must hold numbers in [0, 255]"),
+    (dict(preset=3, device="cpu", recompute=False), "preset must be one of"),
+    (dict(preset="cpu", device="tpu", recompute=False), "unknown device 'tpu'"),
+    (dict(preset="cpu", device="cpu", recompute=False, names={"preset": "cpu", "steps": 3, "np": object()}),
+     "unknown parameter(s) steps; this notebook takes: device, preset, recompute"),
 ])
 def test_notebook_parameters_are_validated(kwargs, needle, monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
@@ -73,8 +79,33 @@ def test_paper_preset_covers_every_table1_cell_and_says_what_is_missing():
 
 def test_claims_ledger_references_real_verdicts():
     import nbformat
-    sources = {nb: nbformat.read(f"notebooks/{nb}.ipynb", 4) for nb in ("tab1_overall", "fig1_overview", "fig2_at_vs_eps")}
+    from advmoe.book import PAGES
+    sources = {p.split("/")[-1][:-6]: nbformat.read(p, 4) for p in PAGES if p.startswith("notebooks/")}
     for claim in paper.CLAIMS:
         for nb, prefix in claim["covered_by"]:
             text = "".join(c.source for c in sources[nb].cells)
             assert prefix.split(" at every")[0].split(" RA >")[0] in text, (claim["id"], prefix)
+
+
+@pytest.mark.parametrize("notebook, params, needle", [
+    ("notebooks/tab1_overall.ipynb", {"preset": "huge"}, "preset must be one of smoke, cpu, paper"),
+    ("notebooks/tab2_autoattack.ipynb", {"recompute": "no"}, "recompute must be True or False"),
+    ("notebooks/audit_robustness.ipynb", {"eps": 0.1}, "unknown parameter(s) eps"),
+    ("notebooks/fig2_at_vs_eps.ipynb", {"eps_grid": [-1]}, "eps_grid must hold numbers in [0, 255]"),
+])
+def test_a_notebook_with_bad_parameters_stops_in_its_first_code_cell(notebook, params, needle, tmp_path):
+    import nbformat
+    import papermill as pm
+
+    from advmoe.data import REPO
+
+    out = tmp_path / "out.ipynb"
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        pm.execute_notebook(str(REPO / notebook), str(out), parameters=params, cwd=str(REPO / "notebooks"),
+                            progress_bar=False, kernel_name="python3")
+    assert needle in str(e.value)
+    cells = nbformat.read(out, 4).cells
+    failed = [i for i, c in enumerate(cells) if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    first_code = next(i for i, c in enumerate(cells) if c.cell_type == "code"
+                      and not {"parameters", "injected-parameters"} & set(c.metadata.get("tags", [])))
+    assert failed == [first_code]
