@@ -147,12 +147,17 @@ def _at_least(minimum: int):
     return parse
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line (no usage block), exit status 2
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="advmoe", description="AdvMoE reproduction: train, evaluate, benchmark.")
+    p = _Parser(prog="advmoe", description="AdvMoE reproduction: train, evaluate, benchmark.")
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_selection(q):
-        q.add_argument("--preset", default="cpu", choices=ex.PRESETS, help="experiment preset (default: cpu)")
+        q.add_argument("--preset", default="cpu", help=f"one of {', '.join(ex.PRESETS)} (default: cpu)")
         q.add_argument("--only", nargs="*", help="run only experiments whose name contains one of these strings")
         q.add_argument("--seeds", nargs="*", type=_at_least(0), help="seeds (default: the preset's)")
         q.add_argument("--set", nargs="*", metavar="FIELD=VALUE",
@@ -196,7 +201,7 @@ def parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_bench)
 
     q = sub.add_parser("book", help="execute the notebooks with papermill (reusing stored results) and build the site")
-    q.add_argument("--preset", default="cpu", choices=ex.PRESETS, help="experiment preset (default: cpu)")
+    q.add_argument("--preset", default="cpu", help=f"one of {', '.join(ex.PRESETS)} (default: cpu)")
     q.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     q.add_argument("--recompute", action="store_true", help="retrain and re-evaluate instead of loading results")
     q.add_argument("--jobs", type=_at_least(1), default=1, help="experiments trained at once when some must be (default 1)")

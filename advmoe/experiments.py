@@ -76,7 +76,7 @@ class ExperimentSpec:
             raise ValueError(f"method 'advmoe' trains routers and experts of kind 'moe', not {self.kind!r}")
         if self.kind == "moe" and self.n_experts < 2 and self.method == "advmoe":
             raise ValueError("method 'advmoe' needs n_experts >= 2 (one expert leaves nothing to route)")
-        for name in ("epochs", "batch_size", "seed"):
+        for name in ("epochs", "batch_size", "seed", "train_steps", "eval_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < (0 if name == "seed" else 1):
                 raise ValueError(f"{name} must be an integer >= {0 if name == 'seed' else 1}, got {value!r}")

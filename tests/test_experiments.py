@@ -60,6 +60,30 @@ def test_cli_bad_input_is_one_line_and_exit_2(capsys):
     assert cli(["run", "--preset", "smoke", "--only", "no-such-model"]) == 2
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["run", "--jobs", "0"], "argument --jobs: expected an integer >= 1, got 0"),
+    (["audit", "--jobs", "two"], "argument --jobs: expected an integer >= 1, got 'two'"),
+    (["run", "--seeds", "-1"], "argument --seeds: expected an integer >= 0, got -1"),
+    (["run", "--set", "epoch=3"], "--set expects field=value with field one of kind, method"),
+    (["run", "--set", "eval_steps=0"], "eval_steps must be an integer >= 1, got 0"),
+    (["run", "--set", "train_eps=2"], "eps must be in [0, 1]"),
+    (["run", "--set", "scale=1.5"], "scale"),
+    (["run", "--set", "n_experts=0"], "n_experts"),
+    (["autoattack", "--device", "cuda:7"], "no CUDA GPU is visible"),
+    (["bench", "--repeats", "0"], "argument --repeats: expected an integer >= 1"),
+    (["run", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+])
+def test_every_cli_option_is_validated_in_one_line(args, needle, monkeypatch, tmp_path):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setenv("ADVMOE_RESULTS", str(tmp_path / "results"))
+    out = subprocess.run([sys.executable, "-m", "advmoe", *args, "--preset", "smoke"] if args[0] != "bench"
+                         else [sys.executable, "-m", "advmoe", *args], capture_output=True, text=True,
+                         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and needle in lines[0], out.stderr
+    assert not (tmp_path / "results").exists()
+
+
 def test_cli_help_everywhere():
     for args in ([], ["run"], ["list"], ["bench"], ["fetch"], ["book"], ["autoattack"]):
         out = subprocess.run([sys.executable, "-m", "advmoe", *args, "--help"], capture_output=True, text=True)
