@@ -62,12 +62,18 @@ def env(tiny_data):
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+_UNINTERRUPTED = {}
+
+
 @pytest.fixture
 def uninterrupted(env, tmp_path):
-    other = tmp_path / "uninterrupted"
-    subprocess.run([sys.executable, "-m", "advmoe", *ARGS], env={**env, "ADVMOE_RESULTS": str(other)}, check=True,
-                   capture_output=True)
-    return json.loads((ex.result_dir(SPEC, other) / "metrics.json").read_text()), _weights(other)
+    """The metrics and weights of a run nobody stopped (the tiny dataset is the same in every test: run once)."""
+    if not _UNINTERRUPTED:
+        other = tmp_path / "uninterrupted"
+        subprocess.run([sys.executable, "-m", "advmoe", *ARGS], env={**env, "ADVMOE_RESULTS": str(other)},
+                       check=True, capture_output=True)
+        _UNINTERRUPTED["run"] = json.loads((ex.result_dir(SPEC, other) / "metrics.json").read_text()), _weights(other)
+    return _UNINTERRUPTED["run"]
 
 
 @pytest.mark.parametrize("point, n, suffix, sig", [
