@@ -64,8 +64,23 @@ def test_table1_page_shows_table_and_figure(browser):
     assert images and all(done and width > 0 for done, width, _ in images), images
 
 
-@pytest.mark.parametrize("page", ["notebooks/fig1_overview.html", "notebooks/fig2_at_vs_eps.html",
-                                  "book/claims.html", "book/status.html", "index.html"])
+def test_table_rows_carry_their_audit_badge(browser):
+    driver, base = browser
+    for page in ("notebooks/tab1_overall.html", "notebooks/tab2_autoattack.html"):
+        driver.get(f"{base}/{page}")
+        rows = driver.execute_script(
+            "return Array.from(document.querySelectorAll('main table tbody tr')).map(r => r.innerText);")
+        badged = [r for r in rows if "passes all checks" in r or "fails (" in r]
+        assert len(badged) >= 4, (page, rows)
+
+
+def _pages():
+    from advmoe.book import PAGES
+    return [p.replace(".ipynb", ".html") for p in PAGES if "tab1_overall" not in p] + ["index.html",
+                                                                                       "book/reproduce.html"]
+
+
+@pytest.mark.parametrize("page", _pages())
 def test_every_page_loads_with_its_images(browser, page):
     driver, base = browser
     driver.get(f"{base}/{page}")
