@@ -250,8 +250,7 @@ def audit(spec: ex.ExperimentSpec, device: str = "cpu", root: Path | None = None
         return previous
     ex.get(spec, device, root, progress=progress, position=position)
     result = run_audit(spec, device, root, progress)
-    atomic_write_json(result, path)
-    return result
+    return atomic_write_json(result, path)
 
 
 def failed(result: dict) -> list[str]:

@@ -234,8 +234,7 @@ def run(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, pro
                        "train_seconds_total": sum(h["seconds"] for h in history),
                        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
     }
-    atomic_write_json(metrics, out / "metrics.json")
-    return metrics
+    return atomic_write_json(metrics, out / "metrics.json")
 
 
 def load(spec: ExperimentSpec, root: Path | None = None) -> dict:
@@ -310,8 +309,7 @@ def eps_sweep(spec: ExperimentSpec, eps_grid: list[float], steps: int | None = N
     result = {"spec": dataclasses.asdict(spec), "hash": spec.hash, "eps": [float(e) for e in eps_grid],
               "steps": steps, "step_size": spec.eval_step_size, "ra": ra, "n_test": len(test_data),
               "provenance": {**provenance(resolve_device(device)), "seconds": time.perf_counter() - t0}}
-    atomic_write_json(result, path)
-    return result
+    return atomic_write_json(result, path)
 
 
 def autoattack_settings(preset: str) -> tuple[str, int | None]:
@@ -348,8 +346,7 @@ def autoattack_eval(spec: ExperimentSpec, device: str = "cpu", root: Path | None
     ra_pgd = robust_accuracy(model, test, dev, spec.eval_eps, spec.eval_step_size, spec.eval_steps, progress=progress)
     result = {"spec": dataclasses.asdict(spec), "hash": spec.hash, **aa, "ra_pgd_same_examples": ra_pgd,
               "pgd_steps": spec.eval_steps, "provenance": started}
-    atomic_write_json(result, path)
-    return result
+    return atomic_write_json(result, path)
 
 
 def get(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, recompute: bool = False,

@@ -39,10 +39,11 @@ def _checksum(obj: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def atomic_write_json(obj: dict, path: Path) -> None:
-    """Write a JSON object atomically, with a "checksum" field that `read_json` verifies."""
+def atomic_write_json(obj: dict, path: Path) -> dict:
+    """Write a JSON object atomically, with a "checksum" field that `read_json` verifies; returns what was written."""
     obj = {**obj, "checksum": _checksum(obj)}
     _atomic(path, lambda f: f.write((json.dumps(obj, indent=1, sort_keys=False) + "\n").encode()))
+    return obj
 
 
 def read_json(path: Path) -> dict | None:
