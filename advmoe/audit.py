@@ -7,11 +7,9 @@ examples (a fixed, class-balanced subset of the experiment's test set) and allow
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -20,7 +18,6 @@ import torch.nn.functional as F
 from . import data as datalib
 from . import experiments as ex
 from .attacks import frozen_eval, pgd, pgd_iterates, square
-from .io import atomic_write_json, read_json
 from .models import fixed_routing, moe_layers, record_routing, soft_routing
 
 LARGE_EPS = 64 / 255
@@ -157,28 +154,22 @@ def measure(model, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: floa
             "nonfinite_gradient_examples": nonfinite_grads}
 
 
-def run_audit(spec: ex.ExperimentSpec, device: str = "cpu", root: Path | None = None,
-              progress: bool = True, batch_size: int = 250) -> dict:
-    """Audit a trained experiment: `measure` on its audit subset, plus its stored metrics and AutoAttack result."""
+def run_audit(spec: ex.ExperimentSpec, model, device, root: Path | None = None, progress: bool = True,
+              batch_size: int = 250) -> dict:
+    """Audit a trained model: `measure` on its audit subset, plus its stored metrics and AutoAttack result."""
     cfg = settings(spec.preset)
-    dev = ex.resolve_device(device)
     metrics = ex.load(spec, root)
-    model = ex.trained_model(spec, device, root, progress)
     source_spec = transfer_source(spec)
-    source = ex.trained_model(source_spec, device, root, progress) if source_spec else None
+    source = ex.trained_model(source_spec, str(device), root, progress).to(device) if source_spec else None
     test = datalib.load(spec.dataset, "test", subset=spec.test_subset, seed=ex.SUBSET_SEED).subset(cfg["n"], ex.SUBSET_SEED)
-    started = ex.provenance(dev)
-    t0 = time.perf_counter()
-    raw = measure(model, datalib.to_float(test.images, dev), test.labels.to(dev), spec.eval_eps, spec.eval_step_size,
-                  spec.eval_steps, cfg["steps"], cfg["square_queries"], source, spec.seed, batch_size, progress,
-                  f"audit {spec.name}")
-    seconds = time.perf_counter() - t0
-    aa = ex.autoattack_eval(spec, device, root, progress=progress)
+    raw = measure(model, datalib.to_float(test.images, device), test.labels.to(device), spec.eval_eps,
+                  spec.eval_step_size, spec.eval_steps, cfg["steps"], cfg["square_queries"], source, spec.seed,
+                  batch_size, progress, f"audit {spec.name}")
+    aa = ex.autoattack_eval(spec, str(device), root, progress=progress)
     raw.update(transfer_source=source_spec.name if source_spec else None,
-               autoattack={k: aa[k] for k in ("ra_aa", "ra_pgd_same_examples", "n", "version")},
+               autoattack={k: aa[k] for k in ("ra_aa", "ra_pgd_same_examples", "n", "version", "seconds")},
                stored_metrics={k: metrics["final"][k] for k in ("sa", "ra", "ra_by_eps", "sanity")})
-    return {"spec": dataclasses.asdict(spec), "hash": spec.hash, **raw, "checks": checks(raw),
-            "provenance": {**started, "seconds": seconds, "autoattack_seconds": aa["seconds"]}}
+    return {**raw, "checks": checks(raw)}
 
 
 def checks(raw: dict) -> dict[str, dict]:
@@ -235,7 +226,7 @@ def _path(spec: ex.ExperimentSpec, root: Path | None = None) -> Path:
 
 def stored(spec: ex.ExperimentSpec, root: Path | None = None) -> dict | None:
     """The stored audit of a model, or None (never computes)."""
-    return read_json(_path(spec, root))
+    return ex.read_evaluation(_path(spec, root), spec, root)
 
 
 def audit(spec: ex.ExperimentSpec, device: str = "cpu", root: Path | None = None, recompute: bool = False,
@@ -244,13 +235,10 @@ def audit(spec: ex.ExperimentSpec, device: str = "cpu", root: Path | None = None
 
     The model is trained first if it has no result; the audit is dropped whenever the model is retrained.
     """
-    path = _path(spec, root)
-    previous = None if recompute else read_json(path)
-    if previous is not None:
-        return previous
     ex.get(spec, device, root, progress=progress, position=position)
-    result = run_audit(spec, device, root, progress)
-    return atomic_write_json(result, path)
+    ex.autoattack_eval(spec, device, root, progress=progress)  # first, so the audit's own time excludes it
+    return ex.evaluation(spec, _path(spec, root).name, lambda model, dev: run_audit(spec, model, dev, root, progress),
+                         device, root, recompute, progress)
 
 
 def failed(result: dict) -> list[str]:

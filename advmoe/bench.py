@@ -111,3 +111,57 @@ def main(width: int = 64, batch: int = 256, train_batch: int = 128, repeats: int
     if output:
         atomic_write_json(result, output)
     return result
+
+
+# One process of `pin_cost`: median seconds of one AT training iteration (TRADES, 2-step PGD) per model.
+_PIN_WORKER = """
+import json, statistics, sys, time
+import advmoe, torch
+from advmoe import bench, numerics
+from advmoe.experiments import make_spec
+from advmoe.models import create_model
+from advmoe.train import iteration, make_optimizers
+width, batch, repeats = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+numerics.use_pinned_threads()
+torch.manual_seed(0)
+x, y = torch.rand(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+out = {"numerics": numerics.state()}
+for label, kind in (("AT (S-Dense)", "s-dense"), ("AT (MoE)", "moe")):
+    spec = make_spec("paper", kind, "at", 0.5, base_width=width, batch_size=batch)
+    model = bench.mixed_routing(create_model("resnet18", kind, 0.5, 2, base_width=width))
+    opt = make_optimizers(model, spec)
+    times = []
+    for i in range(repeats + 1):  # the first is a warm-up
+        t = time.perf_counter()
+        iteration(model, opt, (x, y), (x, y), spec)
+        times.append(time.perf_counter() - t)
+    out[label] = statistics.median(times[1:])
+print(json.dumps(out))
+"""
+
+
+def pin_cost(width: int = 16, batch: int = 128, rounds: int = 3, repeats: int = 3, progress: bool = True) -> dict:
+    """What the pinned numerics cost: one AT training iteration, pinned / native, per model.
+
+    The kernel choice is fixed per process, so each round starts one pinned and one native process, one after
+    the other (interleaved, so drift in the machine's speed hits both alike), each timing `repeats` iterations
+    after a warm-up. Native means ADVMOE_NUMERICS=native: the CPU's own kernels and all its cores.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    base = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR",
+                                                           "ADVMOE_NUMERICS")}
+    runs = {"pinned": [], "native": []}
+    for _ in tqdm(range(rounds), desc=f"pin cost, width {width}", disable=not progress):
+        for mode in runs:
+            out = subprocess.run([sys.executable, "-c", _PIN_WORKER, str(width), str(batch), str(repeats)],
+                                 env={**base, "ADVMOE_NUMERICS": mode}, capture_output=True, text=True, check=True)
+            runs[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    models = [k for k in runs["pinned"][0] if k != "numerics"]
+    seconds = {mode: {m: statistics.median(r[m] for r in rs) for m in models} for mode, rs in runs.items()}
+    return {"width": width, "batch": batch, "rounds": rounds, "repeats": repeats, "seconds": seconds,
+            "ratio_pinned_to_native": {m: seconds["pinned"][m] / seconds["native"][m] for m in models},
+            "numerics": {mode: rs[0]["numerics"] for mode, rs in runs.items()}, "torch": torch.__version__}

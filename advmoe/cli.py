@@ -1,4 +1,4 @@
-"""Command line: `advmoe run | autoattack | audit | list | bench | book | fetch`.
+"""Command line: `advmoe run | autoattack | audit | verify | list | bench | book | fetch`.
 
 Bad input ends in one line and exit status 2 before any compute. SIGINT and SIGTERM stop a run cleanly
 (exit 130): temporary files are removed, finished results and the last epoch checkpoint are kept, and
@@ -16,6 +16,7 @@ import time
 
 from . import data as datalib
 from . import experiments as ex
+from . import numerics
 
 
 def _specs(args, every: bool = False) -> list[ex.ExperimentSpec]:
@@ -88,6 +89,27 @@ def cmd_audit(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    specs = [s for s in _specs(args, every=True) if (ex.result_dir(s) / "metrics.json").is_file()]
+    if not specs:
+        raise ValueError(f"nothing stored to verify for preset {args.preset!r} (see: advmoe list --preset {args.preset})")
+    ex.resolve_device(args.device)
+    print(f"re-training {len(specs)} stored experiment(s) from scratch to compare: " +
+          ", ".join(s.name for s in specs), flush=True)
+
+    def report(spec, r):
+        print(f"{spec.name} ({spec.hash}): {r['verdict']} ({r['detail']})  {r['seconds']:.0f}s", flush=True)
+
+    results = ex.get_many(specs, args.device, progress=not args.no_progress, jobs=args.jobs, on_done=report,
+                          task=_verify_task)
+    return 0 if all(r["verdict"] in ("bit-identical", "within seed spread") for r in results) else 1
+
+
+def _verify_task(spec, device, root, recompute, progress, position=0):
+    from .verify import verify
+    return verify(spec, device, root, progress)
+
+
 def cmd_list(args) -> int:
     for spec in _specs(args):
         path = ex.result_dir(spec) / "metrics.json"
@@ -97,6 +119,17 @@ def cmd_list(args) -> int:
 
 def cmd_bench(args) -> int:
     from .bench import main as bench_main
+    if args.pin_cost:
+        from .bench import pin_cost
+        from .io import atomic_write_json
+        result = {"widths": [pin_cost(width=w, batch=args.train_batch, rounds=args.repeats) for w in args.pin_cost]}
+        for r in result["widths"]:
+            print(f"width {r['width']}: pinned / native seconds per AT training iteration (batch {r['batch']}): " +
+                  ", ".join(f"{m} {r['seconds']['pinned'][m]:.3f} / {r['seconds']['native'][m]:.3f} = "
+                            f"{v:.2f}x" for m, v in r["ratio_pinned_to_native"].items()))
+        if args.output:
+            atomic_write_json(result, args.output)
+        return 0
     result = bench_main(width=args.width, batch=args.batch, train_batch=args.train_batch, repeats=args.repeats,
                         output=args.output)
     if args.json:
@@ -164,13 +197,19 @@ def parser() -> argparse.ArgumentParser:
                        help="override experiment settings, e.g. --set epochs=4 test_subset=500 (results are stored "
                             "under their own hash)")
 
-    def with_compute(q, what):
+    def with_compute(q, what=None):
         q.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
-        q.add_argument("--recompute", action="store_true", help=f"{what} even if a result is stored")
+        if what:
+            q.add_argument("--recompute", action="store_true", help=f"{what} even if a result is stored")
         q.add_argument("--jobs", type=_at_least(1), default=1,
                        help="experiments at once, each on cores/jobs threads (default 1; 2 is ~25%% faster "
                             "on a 2-core CPU)")
         q.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+        q.add_argument("--native-numerics", action="store_true",
+                       help="let torch pick this CPU's fastest kernels and threads instead of the pinned, "
+                            "bit-reproducible ones (results record it; see advmoe.numerics)")
+        q.add_argument("--allow-dirty", action="store_true",
+                       help="store results computed from uncommitted code (recorded as git_dirty)")
 
     q = sub.add_parser("run", help="train and evaluate the Table-1 slice of a preset (stored results are reused)")
     with_selection(q)
@@ -187,6 +226,12 @@ def parser() -> argparse.ArgumentParser:
     with_compute(q, "re-run the audit")
     q.set_defaults(func=cmd_audit)
 
+    q = sub.add_parser("verify", help="re-train stored experiments from scratch and compare (bit-identical / "
+                                      "within seed spread / outside it)")
+    with_selection(q)
+    with_compute(q)
+    q.set_defaults(func=cmd_verify)
+
     q = sub.add_parser("list", help="list a preset's experiments and whether they are stored")
     with_selection(q)
     q.set_defaults(func=cmd_list)
@@ -196,6 +241,9 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--batch", type=_at_least(1), default=256, help="inference batch size (default: 256)")
     q.add_argument("--train-batch", type=_at_least(2), default=128, help="training batch size (default: 128)")
     q.add_argument("--repeats", type=_at_least(1), default=5, help="timed rounds (default: 5)")
+    q.add_argument("--pin-cost", nargs="+", type=_at_least(1), metavar="WIDTH",
+                   help="instead: time AT training iterations pinned vs native numerics at these base widths "
+                        "(one process per mode and round, interleaved; --repeats rounds)")
     q.add_argument("--output", help="also write the result as JSON to this file")
     q.add_argument("--json", action="store_true", help="print the result as JSON")
     q.set_defaults(func=cmd_bench)
@@ -219,7 +267,16 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     signal.signal(signal.SIGTERM, ex._interrupt)
+    if getattr(args, "native_numerics", False) and numerics.mode() != "native":
+        # the kernels are chosen when torch first runs one: start again with the pin off from the beginning
+        os.environ[numerics.SWITCH] = "native"
+        for k in numerics.PIN:
+            os.environ.pop(k, None)
+        os.execv(sys.executable, [sys.executable, "-m", "advmoe", *(sys.argv[1:] if argv is None else argv)])
+    if getattr(args, "allow_dirty", False):
+        os.environ[ex.ALLOW_DIRTY] = "1"
     try:
+        numerics.check()
         return args.func(args)
     except (ValueError, datalib.DataMissingError, FileNotFoundError) as e:
         print(f"advmoe: error: {e}", file=sys.stderr)

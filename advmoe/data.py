@@ -7,6 +7,7 @@ say so in their provenance).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import tarfile
@@ -54,6 +55,12 @@ class ImageData:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def fingerprint(self) -> str:
+        """sha256 of the decoded uint8 images and the labels: equal only if the data decoded bit for bit alike."""
+        h = hashlib.sha256(self.images.contiguous().numpy().tobytes())
+        h.update(self.labels.numpy().astype("<i8").tobytes())
+        return h.hexdigest()
 
     def subset(self, n: int | None, seed: int) -> "ImageData":
         if n is None or n >= len(self):

@@ -17,12 +17,20 @@ def _batches(data: datalib.ImageData, batch_size: int, device, desc: str | None,
         yield datalib.to_float(data.images[s:s + batch_size], device), data.labels[s:s + batch_size].to(device)
 
 
-def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, routes: list | None = None) -> int:
+def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, routes: list | None = None,
+             per_example: list | None = None) -> int:
     with torch.no_grad(), record_routing(model) as r:
-        correct = int((model(x).argmax(1) == y).sum())
+        correct = model(x).argmax(1) == y
     if routes is not None:
         routes.append(r)
-    return correct
+    if per_example is not None:
+        per_example.append(correct.cpu())
+    return int(correct.sum())
+
+
+def bits(per_example: list[torch.Tensor]) -> str:
+    """Per-example correctness as a string of 0/1 in test-set order (stored, so comparisons can be paired)."""
+    return "".join("1" if c else "0" for c in torch.cat(per_example).tolist()) if per_example else ""
 
 
 def _histogram(routes: list) -> dict[str, list[int]]:
@@ -34,18 +42,20 @@ def _histogram(routes: list) -> dict[str, list[int]]:
 
 
 def accuracy(model: nn.Module, data: datalib.ImageData, device, batch_size: int = 256, progress: bool = True,
-             routes: list | None = None) -> float:
+             routes: list | None = None, per_example: list | None = None) -> float:
     was_training = model.training
     model.eval()
     try:
-        correct = sum(_correct(model, x, y, routes) for x, y in _batches(data, batch_size, device, "SA", progress))
+        correct = sum(_correct(model, x, y, routes, per_example)
+                      for x, y in _batches(data, batch_size, device, "SA", progress))
     finally:
         model.train(was_training)
     return correct / len(data)
 
 
 def robust_accuracy(model: nn.Module, data: datalib.ImageData, device, eps: float, step_size: float, steps: int,
-                    batch_size: int = 256, seed: int = 0, progress: bool = True, routes: list | None = None) -> float:
+                    batch_size: int = 256, seed: int = 0, progress: bool = True, routes: list | None = None,
+                    per_example: list | None = None) -> float:
     """Accuracy on PGD-CE examples (random start; the paper's RA with steps=50, step 2/255)."""
     generator = torch.Generator(device).manual_seed(seed)
     was_training = model.training
@@ -54,7 +64,7 @@ def robust_accuracy(model: nn.Module, data: datalib.ImageData, device, eps: floa
     try:
         for x, y in _batches(data, batch_size, device, f"PGD-{steps} eps={eps * 255:.3g}/255", progress):
             x_adv = pgd(model, x, y, eps, step_size, steps, loss="ce", generator=generator)
-            correct += _correct(model, x_adv, y, routes)
+            correct += _correct(model, x_adv, y, routes, per_example)
     finally:
         model.train(was_training)
     return correct / len(data)
@@ -66,15 +76,15 @@ def evaluate(model: nn.Module, data: datalib.ImageData, spec, device, progress: 
     RA is measured at eps in {0, eps/2, eps}: RA(0) must equal SA exactly and RA must not increase with eps.
     At eps 0 every PGD step is projected straight back to x, so that check runs a single step.
     """
-    clean_routes, adv_routes = [], []
-    sa = accuracy(model, data, device, progress=progress, routes=clean_routes)
+    clean_routes, adv_routes, clean_correct, adv_correct = [], [], [], []
+    sa = accuracy(model, data, device, progress=progress, routes=clean_routes, per_example=clean_correct)
     eps_grid = [0.0, spec.eval_eps / 2, spec.eval_eps]
     ra_by_eps = {}
     for eps in eps_grid:
-        routes = adv_routes if eps == spec.eval_eps else None
+        last = eps == spec.eval_eps
         steps = spec.eval_steps if eps > 0 else 1
-        ra_by_eps[eps] = robust_accuracy(model, data, device, eps, spec.eval_step_size, steps,
-                                         progress=progress, routes=routes)
+        ra_by_eps[eps] = robust_accuracy(model, data, device, eps, spec.eval_step_size, steps, progress=progress,
+                                         routes=adv_routes if last else None, per_example=adv_correct if last else None)
     ras = [ra_by_eps[e] for e in eps_grid]
     return {
         "sa": sa,
@@ -83,6 +93,8 @@ def evaluate(model: nn.Module, data: datalib.ImageData, spec, device, progress: 
         "gflops": gflops(model, tuple(data.images.shape[1:])),
         "n_test": len(data),
         "routing": {"clean": _histogram(clean_routes), "adversarial": _histogram(adv_routes)},
+        # per test image (in order), 1 = classified correctly: lets two models be compared pairwise
+        "correct": {"clean": bits(clean_correct), "pgd": bits(adv_correct)},
         "sanity": {
             "ra_eps0_equals_sa": ras[0] == sa,
             "ra_nonincreasing_in_eps": all(a >= b for a, b in zip(ras, ras[1:])),

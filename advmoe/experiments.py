@@ -5,6 +5,7 @@ routing histograms and where/how the numbers were made; checkpoint.pt sits besid
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -19,9 +20,10 @@ from pathlib import Path
 import torch
 
 from . import data as datalib
+from . import numerics
 from .attacks import check_attack
 from .evaluate import evaluate
-from .io import atomic_write_json, file_sha256, read_json
+from .io import atomic_write_json, file_sha256, read_json, state_sha256
 from .models import check_model_args, create_model
 from .train import METHODS, train
 
@@ -179,6 +181,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 def provenance(device: torch.device) -> dict:
+    """Where and how a result is computed: code (git commit, dirty or not), versions, device, CPU and kernels."""
     def git(*args):
         try:
             return subprocess.run(["git", *args], cwd=datalib.REPO, capture_output=True, text=True,
@@ -187,6 +190,7 @@ def provenance(device: torch.device) -> dict:
             return None
 
     import numpy
+    import PIL
     import torchvision
 
     import advmoe
@@ -194,46 +198,99 @@ def provenance(device: torch.device) -> dict:
         "git_commit": git("rev-parse", "HEAD"),
         "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
         "versions": {"advmoe": advmoe.__version__, "python": platform.python_version(), "torch": torch.__version__,
-                     "torchvision": torchvision.__version__, "numpy": numpy.__version__},
+                     "torchvision": torchvision.__version__, "numpy": numpy.__version__, "pillow": PIL.__version__},
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else numerics.cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "numerics": numerics.state(),
         "platform": platform.platform(),
     }
+
+
+ALLOW_DIRTY = "ADVMOE_ALLOW_DIRTY"
+
+
+def _inside_repo(root: Path | None) -> bool:
+    try:
+        Path(root or results_root()).resolve().relative_to(datalib.REPO.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
+def computing(device: str, root: Path | None = None):
+    """Around every computation whose result is stored: yields (device, provenance).
+
+    On the CPU it runs under the pinned thread count (advmoe.numerics; restored afterwards). Results are
+    not stored into the repository's results/ from a working tree with uncommitted changes to tracked
+    files, unless ADVMOE_ALLOW_DIRTY=1 (the CLI's --allow-dirty) asks for it; provenance records git_dirty.
+    """
+    numerics.check()
+    dev = resolve_device(device)
+    threads = torch.get_num_threads()
+    if dev.type == "cpu":
+        numerics.use_pinned_threads()
+    try:
+        started = provenance(dev)
+        if started["git_dirty"] and _inside_repo(root) and os.environ.get(ALLOW_DIRTY) != "1":
+            raise ValueError(f"the working tree has uncommitted changes, and results/ must be computed from a "
+                             f"commit: commit first, or pass --allow-dirty ({ALLOW_DIRTY}=1) to store them marked dirty")
+        yield dev, started
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, progress: bool = True,
         position: int = 0) -> dict:
     """Train (resuming from a checkpoint if one exists), evaluate, and store metrics.json atomically."""
-    dev = resolve_device(device)
     out = result_dir(spec, root)
     train_data = datalib.load(spec.dataset, "train", subset=spec.train_subset, seed=SUBSET_SEED)
     test_data = datalib.load(spec.dataset, "test", subset=spec.test_subset, seed=SUBSET_SEED)
-    out.mkdir(parents=True, exist_ok=True)
-    started = provenance(dev)  # the code as it was when this call began
-    t0 = time.perf_counter()
-    torch.manual_seed(spec.seed)
-    model = create_model(spec.backbone, spec.kind, spec.scale, spec.n_experts, spec.num_classes, spec.router,
-                         spec.base_width).to(dev)
-    for pattern in ("eps-sweep-*.json", "autoattack-*.json", "audit-*.json",  # evaluations of an earlier model
-                    ".*.tmp"):  # temp files of a write killed before its rename
-        for stale in out.glob(pattern):
-            stale.unlink()
-    history = train(spec, model, train_data, test_data, out, dev, progress, position)
-    t1 = time.perf_counter()
-    final = evaluate(model, test_data, spec, dev, progress)
-    t2 = time.perf_counter()
+    with computing(device, root) as (dev, started):  # provenance: the code as it was when this call began
+        out.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        torch.manual_seed(spec.seed)
+        model = create_model(spec.backbone, spec.kind, spec.scale, spec.n_experts, spec.num_classes, spec.router,
+                             spec.base_width).to(dev)
+        for pattern in (*EVALUATIONS, ".*.tmp"):  # evaluations of an earlier model; temp files of a killed write
+            for stale in out.glob(pattern):
+                stale.unlink()
+        history = train(spec, model, train_data, test_data, out, dev, progress, position)
+        t1 = time.perf_counter()
+        final = evaluate(model, test_data, spec, dev, progress)
+        t2 = time.perf_counter()
     metrics = {
         "spec": dataclasses.asdict(spec), "hash": spec.hash, "name": spec.name,
         "final": final, "history": history,
-        "data": {"train": train_data.source, "n_train": len(train_data), "n_test": len(test_data)},
-        "checkpoint_sha256": file_sha256(out / "checkpoint.pt"),
+        "data": {"train": train_data.source, "n_train": len(train_data), "n_test": len(test_data),
+                 # the decoded uint8 images and labels: a re-run tells at once whether its data decoded identically
+                 "train_sha256": train_data.fingerprint(), "test_sha256": test_data.fingerprint()},
+        "checkpoint_sha256": file_sha256(out / "checkpoint.pt"),  # the file (detects damage)
+        "model_sha256": state_sha256(model.state_dict()),  # the trained weights (what `advmoe verify` compares)
         "provenance": {**started, "train_seconds_this_call": t1 - t0, "eval_seconds": t2 - t1,
                        "train_seconds_total": sum(h["seconds"] for h in history),
                        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
     }
     return atomic_write_json(metrics, out / "metrics.json")
+
+
+EVALUATIONS = ("eps-sweep-*.json", "autoattack-*.json", "audit-*.json")  # stored beside metrics.json
+
+
+def read_evaluation(path: Path, spec: ExperimentSpec, root: Path | None = None) -> dict | None:
+    """A stored evaluation of a model, or None when missing, damaged or made on another checkpoint than the
+    one metrics.json records (a model re-trained since: it is recomputed, never shown beside the new one)."""
+    stored = read_json(path)
+    if stored is None:
+        return None
+    metrics = read_json(result_dir(spec, root) / "metrics.json")
+    if metrics is None or stored.get("checkpoint_sha256") != metrics.get("checkpoint_sha256"):
+        warnings.warn(f"{path.name} of {spec.name} was computed on another checkpoint than metrics.json records; "
+                      f"it will be recomputed")
+        return None
+    return stored
 
 
 def load(spec: ExperimentSpec, root: Path | None = None) -> dict:
@@ -283,32 +340,45 @@ def trained_model(spec: ExperimentSpec, device: str = "cpu", root: Path | None =
         return load_model(spec, root, device)
 
 
+def evaluation(spec: ExperimentSpec, name: str, compute, device: str = "cpu", root: Path | None = None,
+               recompute: bool = False, progress: bool = True) -> dict:
+    """The stored evaluation `name` (a JSON file beside metrics.json) of a trained model, computed if missing.
+
+    compute(model, device) returns the evaluation's fields. The model is trained first if it has no
+    checkpoint; the result records the sha256 of the checkpoint it was computed on, and a stored result whose
+    checkpoint is not the one metrics.json records is recomputed (`read_evaluation`).
+    """
+    path = result_dir(spec, root) / name
+    stored = None if recompute else read_evaluation(path, spec, root)
+    if stored is not None:
+        return stored
+    model = trained_model(spec, device, root, progress)
+    with computing(device, root) as (dev, started):
+        t0 = time.perf_counter()
+        fields = compute(model.to(dev), dev)
+        started["seconds"] = time.perf_counter() - t0
+    return atomic_write_json({"spec": dataclasses.asdict(spec), "hash": spec.hash, **fields,
+                              "checkpoint_sha256": load(spec, root)["checkpoint_sha256"], "provenance": started}, path)
+
+
 def eps_sweep(spec: ExperimentSpec, eps_grid: list[float], steps: int | None = None, device: str = "cpu",
               root: Path | None = None, recompute: bool = False, progress: bool = True) -> dict:
-    """RA of a trained model against PGD-CE at each eps (Fig. 2), stored beside its metrics.json.
-
-    Stored as eps-sweep-<hash of the grid and steps>.json; reused unless recompute. Trains the model first
-    if neither the sweep nor a checkpoint is stored.
-    """
+    """RA of a trained model against PGD-CE at each eps (Fig. 2), stored as eps-sweep-<grid and steps>.json."""
     from .evaluate import robust_accuracy
 
     steps = spec.eval_steps if steps is None else steps
     for e in eps_grid:
         check_attack(e, spec.eval_step_size, steps)
     key = hashlib.sha256(json.dumps([list(map(float, eps_grid)), steps]).encode()).hexdigest()[:8]
-    path = result_dir(spec, root) / f"eps-sweep-{key}.json"
-    stored = None if recompute else read_json(path)
-    if stored is not None:
-        return stored
-    model = trained_model(spec, device, root, progress)
-    test_data = datalib.load(spec.dataset, "test", subset=spec.test_subset, seed=SUBSET_SEED)
-    t0 = time.perf_counter()
-    ra = [robust_accuracy(model, test_data, resolve_device(device), e, spec.eval_step_size, steps,
-                          progress=progress) for e in eps_grid]
-    result = {"spec": dataclasses.asdict(spec), "hash": spec.hash, "eps": [float(e) for e in eps_grid],
-              "steps": steps, "step_size": spec.eval_step_size, "ra": ra, "n_test": len(test_data),
-              "provenance": {**provenance(resolve_device(device)), "seconds": time.perf_counter() - t0}}
-    return atomic_write_json(result, path)
+
+    def compute(model, dev):
+        test_data = datalib.load(spec.dataset, "test", subset=spec.test_subset, seed=SUBSET_SEED)
+        ra = [robust_accuracy(model, test_data, dev, e, spec.eval_step_size, steps, progress=progress)
+              for e in eps_grid]
+        return {"eps": [float(e) for e in eps_grid], "steps": steps, "step_size": spec.eval_step_size, "ra": ra,
+                "n_test": len(test_data)}
+
+    return evaluation(spec, f"eps-sweep-{key}.json", compute, device, root, recompute, progress)
 
 
 def autoattack_settings(preset: str) -> tuple[str, int | None]:
@@ -329,23 +399,20 @@ def autoattack_eval(spec: ExperimentSpec, device: str = "cpu", root: Path | None
     The examples are a fixed, class-balanced subset of the experiment's test set (all of it for `paper`).
     """
     from .attacks import autoattack
-    from .evaluate import robust_accuracy
+    from .evaluate import bits, robust_accuracy
 
     version, n = autoattack_settings(spec.preset)
-    path = result_dir(spec, root) / f"autoattack-{version}-n{n or 'all'}.json"
-    stored = None if recompute else read_json(path)
-    if stored is not None:
-        return stored
-    model = trained_model(spec, device, root, progress)
-    dev = resolve_device(device)
-    test = datalib.load(spec.dataset, "test", subset=spec.test_subset, seed=SUBSET_SEED).subset(n, SUBSET_SEED)
-    x, y = datalib.to_float(test.images, dev), test.labels.to(dev)
-    started = provenance(dev)
-    aa = autoattack(model, x, y, spec.eval_eps, version=version, seed=spec.seed)
-    ra_pgd = robust_accuracy(model, test, dev, spec.eval_eps, spec.eval_step_size, spec.eval_steps, progress=progress)
-    result = {"spec": dataclasses.asdict(spec), "hash": spec.hash, **aa, "ra_pgd_same_examples": ra_pgd,
-              "pgd_steps": spec.eval_steps, "provenance": started}
-    return atomic_write_json(result, path)
+
+    def compute(model, dev):
+        test = datalib.load(spec.dataset, "test", subset=spec.test_subset, seed=SUBSET_SEED).subset(n, SUBSET_SEED)
+        x, y = datalib.to_float(test.images, dev), test.labels.to(dev)
+        aa = autoattack(model, x, y, spec.eval_eps, version=version, seed=spec.seed)
+        pgd_correct = []
+        ra_pgd = robust_accuracy(model, test, dev, spec.eval_eps, spec.eval_step_size, spec.eval_steps,
+                                 progress=progress, per_example=pgd_correct)
+        return {**aa, "ra_pgd_same_examples": ra_pgd, "pgd_steps": spec.eval_steps, "correct_pgd": bits(pgd_correct)}
+
+    return evaluation(spec, f"autoattack-{version}-n{n or 'all'}.json", compute, device, root, recompute, progress)
 
 
 def get(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, recompute: bool = False,

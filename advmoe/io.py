@@ -71,6 +71,20 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def state_sha256(state: dict) -> str:
+    """sha256 of a model's state_dict (names, dtypes, shapes and bytes): the identity of a trained model.
+
+    Unlike the checkpoint file's sha256 it leaves out what a checkpoint also holds (wall-clock times), so two
+    runs that train the same weights give the same value.
+    """
+    h = hashlib.sha256()
+    for name, t in state.items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}:".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def load_checkpoint(path: Path, spec) -> dict | None:
     """The checkpoint's state, or None (with a warning) when it is unreadable; refuses another spec's checkpoint."""
     try:

@@ -283,6 +283,21 @@ def bars(df, metric: str, title: str, ax=None):
     return ax
 
 
+FIG2_EPS = [2, 3, 4, 5, 6, 7, 8]  # the paper's attack strengths (/255); the Fig. 2 page's default eps_grid
+FIG2_MODELS = (("AT (S-Dense)", "s-dense"), ("AT (MoE)", "moe"))
+
+
+def fig2_specs(preset: str) -> list:
+    return [ex.make_spec(preset, kind, "at", 0.5, seed=seed) for _, kind in FIG2_MODELS for seed in ex.preset_seeds(preset)]
+
+
+def fig2_sweep(spec, device: str = "cpu", root=None, recompute: bool = False, progress: bool = True, position: int = 0,
+               eps_grid: list[float] = FIG2_EPS) -> dict:
+    """The stored eps sweep of one Fig. 2 model (a task for `get_many`: the book computes them before the page)."""
+    return ex.eps_sweep(spec, [e / 255 for e in eps_grid], device=device, root=root, recompute=recompute,
+                        progress=progress)
+
+
 def fig2(preset: str, device: str, recompute: bool, eps_grid: list[float]):
     """RA of AT(S-Dense) and AT(MoE) against PGD at each eps (in /255), per seed; and the per-eps verdicts."""
     import pandas as pd
@@ -290,10 +305,10 @@ def fig2(preset: str, device: str, recompute: bool, eps_grid: list[float]):
     rows, verdicts = [], []
     dataset = ex.preset_settings(preset)["dataset"]
     sweeps = {}
-    for label, kind in (("AT (S-Dense)", "s-dense"), ("AT (MoE)", "moe")):
+    for label, kind in FIG2_MODELS:
         for seed in ex.preset_seeds(preset):
             spec = ex.make_spec(preset, kind, "at", 0.5, seed=seed)
-            s = ex.eps_sweep(spec, [e / 255 for e in eps_grid], device=device, recompute=recompute, progress=False)
+            s = fig2_sweep(spec, device, recompute=recompute, progress=False, eps_grid=eps_grid)
             sweeps.setdefault(label, []).append(s)
             rows += [dict(model=label, seed=seed, eps=e, ra=100 * ra, steps=s["steps"]) for e, ra in zip(eps_grid, s["ra"])]
     for i, e in enumerate(eps_grid):

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+import advmoe  # noqa: F401  (first: it pins the CPU kernels before torch runs one; see advmoe.numerics)
 import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))

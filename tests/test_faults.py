@@ -48,6 +48,12 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+def default_sigint():
+    """In the child: SIGINT's default handling, as from a terminal. A background job (`make test &`) inherits
+    SIGINT as ignored, and Python then installs no KeyboardInterrupt handler, so Ctrl-C would never arrive."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _comparable(metrics):
     history = [{k: v for k, v in h.items() if k != "seconds"} for h in metrics["history"]]
     return history, metrics["final"]
@@ -85,7 +91,8 @@ def uninterrupted(env, tmp_path):
 def test_a_run_stopped_anywhere_resumes_to_the_same_metrics(env, uninterrupted, point, n, suffix, sig):
     out = ex.result_dir(SPEC)
     proc = subprocess.Popen([sys.executable, "-c", DRIVER, *ARGS], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**env, "PAUSE_AT": point, "PAUSE_N": str(n), "PAUSE_FILE": suffix})
+                            text=True, env={**env, "PAUSE_AT": point, "PAUSE_N": str(n), "PAUSE_FILE": suffix},
+                            preexec_fn=default_sigint)
     line = ""
     while "PAUSED" not in line:
         line = proc.stdout.readline()
