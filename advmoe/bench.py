@@ -121,8 +121,8 @@ from advmoe import bench, numerics
 from advmoe.experiments import make_spec
 from advmoe.models import create_model
 from advmoe.train import iteration, make_optimizers
-width, batch, repeats = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-numerics.use_pinned_threads()
+width, batch, repeats, threads = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+numerics.use_pinned_threads() if numerics.mode() == "pinned" else torch.set_num_threads(threads)
 torch.manual_seed(0)
 x, y = torch.rand(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
 out = {"numerics": numerics.state()}
@@ -143,9 +143,10 @@ print(json.dumps(out))
 def pin_cost(width: int = 16, batch: int = 128, rounds: int = 3, repeats: int = 3, progress: bool = True) -> dict:
     """What the pinned numerics cost: one AT training iteration, pinned / native, per model.
 
-    The kernel choice is fixed per process, so each round starts one pinned and one native process, one after
-    the other (interleaved, so drift in the machine's speed hits both alike), each timing `repeats` iterations
-    after a warm-up. Native means ADVMOE_NUMERICS=native: the CPU's own kernels and all its cores.
+    The kernel choice is fixed per process, so each round starts one process per mode, one after the other
+    (interleaved, so drift in the machine's speed hits every mode alike), each timing `repeats` iterations
+    after a warm-up. Modes: pinned (AVX2 kernels, one thread); native, 1 thread (ADVMOE_NUMERICS=native: the
+    CPU's own kernels; what each worker of --jobs N gets); native, all cores (the kernels and every core).
     """
     import json
     import os
@@ -154,14 +155,17 @@ def pin_cost(width: int = 16, batch: int = 128, rounds: int = 3, repeats: int = 
 
     base = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR",
                                                            "ADVMOE_NUMERICS")}
-    runs = {"pinned": [], "native": []}
+    modes = {"pinned": ("pinned", 1), "native, 1 thread": ("native", 1),
+             f"native, {os.cpu_count()} threads": ("native", os.cpu_count() or 1)}
+    runs = {mode: [] for mode in modes}
     for _ in tqdm(range(rounds), desc=f"pin cost, width {width}", disable=not progress):
-        for mode in runs:
-            out = subprocess.run([sys.executable, "-c", _PIN_WORKER, str(width), str(batch), str(repeats)],
-                                 env={**base, "ADVMOE_NUMERICS": mode}, capture_output=True, text=True, check=True)
+        for mode, (switch, threads) in modes.items():
+            out = subprocess.run([sys.executable, "-c", _PIN_WORKER, str(width), str(batch), str(repeats), str(threads)],
+                                 env={**base, "ADVMOE_NUMERICS": switch}, capture_output=True, text=True, check=True)
             runs[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
     models = [k for k in runs["pinned"][0] if k != "numerics"]
     seconds = {mode: {m: statistics.median(r[m] for r in rs) for m in models} for mode, rs in runs.items()}
     return {"width": width, "batch": batch, "rounds": rounds, "repeats": repeats, "seconds": seconds,
-            "ratio_pinned_to_native": {m: seconds["pinned"][m] / seconds["native"][m] for m in models},
+            "ratio_pinned_to_native": {mode: {m: seconds["pinned"][m] / seconds[mode][m] for m in models}
+                                       for mode in modes if mode != "pinned"},
             "numerics": {mode: rs[0]["numerics"] for mode, rs in runs.items()}, "torch": torch.__version__}
