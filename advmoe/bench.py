@@ -28,7 +28,7 @@ def mixed_routing(model):
     """Make every router's choice random per sample (its parameters still get gradients)."""
     for m in model.modules():
         if isinstance(m, (Router, SharedRouter)):
-            m.forward = lambda x, f=m.forward, n=m.fc.out_features: f(x) + 100 * torch.randn(x.shape[0], n)
+            m.forward = lambda x, f=m.forward, n=m.fc.out_features: f(x) + 100 * torch.randn(x.shape[0], n, device=x.device)
     return model
 
 
