@@ -19,7 +19,20 @@ from .report import check_params
 
 PAGES = ["notebooks/tab1_overall.ipynb", "notebooks/fig1_overview.ipynb", "notebooks/fig2_at_vs_eps.ipynb",
          "notebooks/tab2_autoattack.ipynb", "notebooks/audit_robustness.ipynb",
-         "book/claims.ipynb", "book/status.ipynb"]  # the ledger and status read what the others wrote: last
+         "book/claims.ipynb", "book/verdicts.ipynb", "book/status.ipynb"]  # the ledger and status read what the others wrote: last
+
+
+def hide_injected_parameters(path: Path) -> None:
+    """Keep papermill's injected-parameters cell out of the rendered page (the parameters cell is hidden too:
+    a reader sees the preset in the text and on the status page); `papermill -p` works as before."""
+    import nbformat
+
+    nb = nbformat.read(path, 4)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+    nbformat.write(nb, path)
 
 
 def execute(preset: str = "cpu", device: str = "cpu", recompute: bool = False, pages: list[str] | None = None,
@@ -57,6 +70,7 @@ def execute(preset: str = "cpu", device: str = "cpu", recompute: bool = False, p
             # Relative paths keep this machine's folders out of the committed notebook's metadata.
             pm.execute_notebook(os.path.relpath(path), os.path.relpath(tmp), parameters=params,
                                 cwd=os.path.relpath(path.parent), progress_bar=False, kernel_name="python3")
+            hide_injected_parameters(Path(tmp))
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)

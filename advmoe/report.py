@@ -147,7 +147,9 @@ def with_autoattack(records: list[dict], device: str, recompute: bool) -> list[d
             aa = ex.autoattack_eval(r["spec"], device, recompute=recompute, progress=False)
             final = {**r["metrics"]["final"], "ra_aa": aa["ra_aa"], "ra_pgd_aa_examples": aa["ra_pgd_same_examples"],
                      "n_ra_aa": aa["n"], "n_ra_pgd_aa_examples": aa["n"], "aa_version": aa["version"],
-                     "aa_seconds": aa["seconds"]}
+                     "aa_seconds": aa["seconds"],
+                     "correct": {**r["metrics"]["final"].get("correct", {}),
+                                 **({"aa": aa["correct"]} if "correct" in aa else {})}}
             r = {**r, "metrics": {**r["metrics"], "final": final}}
         out.append(r)
     return out
@@ -172,27 +174,41 @@ def fmt(mean, std=None, digits: int = 2) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None and not math.isnan(std) else "")
 
 
+def beside(ours, ours_std, paper_mean, digits: int = 1) -> str:
+    """One compact cell: "23.8 ± 1.2 (50.1)", ours (mean ± std over seeds) with the paper's number in brackets."""
+    text = fmt(ours, ours_std, digits)
+    if paper_mean is not None and not (isinstance(paper_mean, float) and math.isnan(paper_mean)):
+        text += f" ({paper_mean:.{max(digits, 2) if paper_mean < 1 else digits}f})"
+    return text
+
+
+METRIC_NAMES = {"ra": "RA-PGD", "sa": "SA", "ra_aa": "RA-AA", "ra_pgd_aa_examples": "RA-PGD on AA images"}
+
+
 def display_table(df, metrics=("ra", "sa")):
-    """The table as a reader sees it: 'ours' and 'paper' columns per metric, strings."""
+    """The table as a reader sees it: one column per metric holding "ours (paper)", no index, narrow enough
+    for the page. Returns a pandas Styler (renders as HTML without the index)."""
     import pandas as pd
 
-    shown = pd.DataFrame({"dataset": df.dataset, "backbone": df.backbone, "method": df.method,
-                          "r": df.scale.map(lambda r: f"{r:g}")})
-    names = {"ra": "RA-PGD (%)", "sa": "SA (%)", "ra_aa": "RA-AA (%)", "ra_pgd_aa_examples": "RA-PGD, AA examples (%)"}
+    shown = pd.DataFrame({"method": df.method})
+    cells = {f"{d} / {b}" for d, b in zip(df.dataset, df.backbone)}
+    if len(cells) > 1:
+        shown.insert(0, "cell", [f"{b} / {d}" for d, b in zip(df.dataset, df.backbone)])
+    if df.scale.nunique() > 1:
+        shown["r"] = df.scale.map(lambda r: f"{r:g}")
     for metric in metrics:
-        shown[f"{names[metric]} ours"] = [fmt(m, s) for m, s in zip(df[f"{metric}_ours"], df[f"{metric}_ours_std"])] \
-            if f"{metric}_ours" in df else "-"
-        if df[f"{metric}_paper"].notna().any():
-            shown[f"{names[metric]} paper"] = [fmt(m, s) for m, s in zip(df[f"{metric}_paper"], df[f"{metric}_paper_std"])]
-    shown["GFLOPs ours"] = [fmt(g, digits=3) for g in df.gflops_ours]
-    shown["GFLOPs ours, paper width"] = [fmt(g) for g in df.gflops_ours_paper_width]
-    shown["GFLOPs paper"] = [fmt(g) for g in df.gflops_paper]
-    shown["GFLOPs cut ours"] = [f"{100 * x:.0f}%" if x is not None and not math.isnan(x) else "-"
-                                for x in df.gflops_reduction_ours]
+        ours = df[f"{metric}_ours"] if f"{metric}_ours" in df else [None] * len(df)
+        stds = df[f"{metric}_ours_std"] if f"{metric}_ours_std" in df else [None] * len(df)
+        shown[f"{METRIC_NAMES[metric]} % (paper)"] = [beside(m, s, p) for m, s, p in zip(ours, stds, df[f"{metric}_paper"])]
+    shown["GFLOPs (paper)"] = [beside(g, None, p, 3) for g, p in zip(df.gflops_ours_paper_width, df.gflops_paper)]
+    dense = {(d, b): g for d, b, g, m in zip(df.dataset, df.backbone, df.gflops_ours_paper_width, df.method)
+             if m.endswith("(Dense)") and g is not None}
+    shown["cut"] = [f"{100 * (1 - g / dense[(d, b)]):.0f}%" if g is not None and (d, b) in dense else "-"
+                    for d, b, g in zip(df.dataset, df.backbone, df.gflops_ours_paper_width)]
     shown["audit"] = df.audit
     if (df.note != "").any():
         shown["note"] = df.note
-    return shown
+    return shown.style.hide(axis="index")
 
 
 @dataclass
@@ -200,34 +216,86 @@ class Verdict:
     claim: str
     status: str  # reproduced / not reproduced / inconclusive / not run
     gap: float | None  # percentage points, claimed direction positive
-    se: float | None
+    se: float | None  # standard error of the gap (pp)
     detail: str
+    threshold: float | None = None  # the smallest gap this comparison can decide: t quantile x SE (pp)
 
     def __str__(self) -> str:
         return f"{self.claim}: {self.status} ({self.detail})"
 
 
-def verdict(claim: str, a: list[dict], b: list[dict], metric: str = "ra", preset: str = "") -> Verdict:
-    """Is metric(a) > metric(b)? a, b: metrics dicts paired by seed.
+# Student's t, two-sided 95% (the 97.5% quantile), by degrees of freedom (seeds - 1); normal beyond 10.
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+CORRECT_KEY = {"ra": "pgd", "sa": "clean", "ra_aa": "aa"}  # metric -> its per-example record in final["correct"]
 
-    The gap's standard error combines test-set sampling (binomial, per model) and, with several seeds,
-    the spread of the paired gaps. Reproduced if gap > 2 SE, not reproduced if gap < -2 SE, else
-    inconclusive.
+
+def t975(df: int) -> float:
+    return T975.get(df, 1.96)
+
+
+def test_set_se(a: list[dict], b: list[dict], metric: str) -> tuple[float, int, bool]:
+    """(standard error in pp of the seed-averaged gap due to which test images were drawn, n, paired?).
+
+    Paired when both models stored per-image correctness on the same images: D_i = a_i - b_i averaged over
+    seeds, SE = sd(D) / sqrt(n) (McNemar's logic: images both models get right or wrong add no noise).
+    Otherwise the two accuracies are treated as independent binomials.
+    """
+    key = CORRECT_KEY.get(metric)
+    bits_a = [x["final"].get("correct", {}).get(key) for x in a]
+    bits_b = [x["final"].get("correct", {}).get(key) for x in b]
+    n = a[0]["final"].get(f"n_{metric}", a[0]["final"]["n_test"])  # e.g. RA-AA runs on a subset: n_ra_aa
+    if all(bits_a + bits_b) and len({len(x) for x in bits_a + bits_b}) == 1:
+        n = len(bits_a[0])
+        d = [sum(int(x[i]) - int(y[i]) for x, y in zip(bits_a, bits_b)) / len(bits_a) for i in range(n)]
+        mean = sum(d) / n
+        return 100 * math.sqrt(sum((v - mean) ** 2 for v in d) / (n - 1) / n), n, True
+    pa = sum(x["final"][metric] for x in a) / len(a)
+    pb = sum(x["final"][metric] for x in b) / len(b)
+    return 100 * math.sqrt((pa * (1 - pa) + pb * (1 - pb)) / (n * len(a))), n, False
+
+
+def verdict(claim: str, a: list[dict], b: list[dict], metric: str = "ra", preset: str = "") -> Verdict:
+    """Is metric(a) > metric(b)? a, b: metrics dicts paired by seed (same seed, same test images).
+
+    The gap is the mean over seeds of the paired per-seed gaps. Its standard error has two parts: the seed
+    spread of those gaps (SD / sqrt(k)) and the test-set sampling of the images (`test_set_se`, paired
+    where per-image results are stored). Reproduced if gap > t(k-1) x SE, not reproduced if gap < -t(k-1) x
+    SE (Student's t for k seeds, two-sided 95%), else inconclusive. With one seed the seed spread is unknown
+    and no claim is decided: inconclusive, whatever the gap.
     """
     if not a or not b:
         return Verdict(claim, "not run", None, None, "no results at this preset")
-    va = [x["final"][metric] for x in a]
-    vb = [x["final"][metric] for x in b]
-    gaps = [100 * (x - y) for x, y in zip(va, vb)]
+    gaps = [100 * (x["final"][metric] - y["final"][metric]) for x, y in zip(a, b)]
+    k = len(gaps)
     gap, sd = _mean_std(gaps)
-    n = a[0]["final"].get(f"n_{metric}", a[0]["final"]["n_test"])  # e.g. RA-AA runs on a subset: n_ra_aa
-    pa, pb = sum(va) / len(va), sum(vb) / len(vb)
-    sampling = 100 * math.sqrt((pa * (1 - pa) + pb * (1 - pb)) / (n * len(va)))
-    se = math.sqrt(sampling ** 2 + ((sd ** 2) / len(gaps) if sd is not None else 0.0))
-    status = "reproduced" if gap > 2 * se else "not reproduced" if gap < -2 * se else "inconclusive"
-    seeds = f"{len(gaps)} seed{'s' if len(gaps) > 1 else ''}"
-    detail = f"{preset} preset, {seeds}, {n} test images: gap {gap:+.2f} pp, 2 SE = {2 * se:.2f} pp"
-    return Verdict(claim, status, gap, se, detail)
+    se_test, n, paired = test_set_se(a, b, metric)
+    where = f"{preset} preset, {k} seed{'s' if k > 1 else ''}, {n} test images"
+    test_part = f"{'paired ' if paired else ''}test-set SE {se_test:.2f}"
+    if k == 1:
+        return Verdict(claim, "inconclusive", gap, se_test,
+                       f"{where}: gap {gap:+.2f} pp; one seed: the seed spread is unknown, so no verdict ({test_part})")
+    se = math.sqrt(sd ** 2 / k + se_test ** 2)
+    threshold = t975(k - 1) * se
+    status = "reproduced" if gap > threshold else "not reproduced" if gap < -threshold else "inconclusive"
+    return Verdict(claim, status, gap, se, f"{where}: gap {gap:+.2f} pp, threshold {threshold:.2f} pp "
+                   f"(t({k - 1}) x SE; seed SD {sd:.2f}, {test_part})", threshold)
+
+
+def verdict_summary(verdicts: list[Verdict]):
+    """The verdicts as a short Markdown list for the admonition under a page's claim (glued, shown there)."""
+    from IPython.display import Markdown
+
+    def line(v: Verdict) -> str:
+        numbers = []
+        if v.gap is not None:
+            numbers.append(f"gap {v.gap:+.1f} pp")
+        if v.threshold is not None:
+            numbers.append(f"decidable beyond ±{v.threshold:.1f} pp")
+        elif v.status == "inconclusive" and "one seed" in v.detail:
+            numbers.append("one seed: undecidable")
+        return f"- **{v.status}**: {v.claim}" + (f" ({', '.join(numbers)})" if numbers else "")
+
+    return Markdown("\n".join(line(v) for v in verdicts))
 
 
 def by_label(records: list[dict], label: str, dataset: str | None = None) -> list[dict]:

@@ -37,16 +37,36 @@ def _m(ra, n=1000):
     return {"final": {"ra": ra, "sa": ra, "n_test": n}}
 
 
-def test_verdict_follows_the_numbers():
-    assert R.verdict("a > b", [_m(0.50)], [_m(0.40)]).status == "reproduced"
-    assert R.verdict("a > b", [_m(0.40)], [_m(0.50)]).status == "not reproduced"
-    v = R.verdict("a > b", [_m(0.45)], [_m(0.44)])
-    assert v.status == "inconclusive" and v.gap == pytest.approx(1.0) and "1000 test images" in v.detail
-    # with seeds, the spread of the paired gaps widens the error bar
-    noisy = R.verdict("a > b", [_m(0.50), _m(0.40), _m(0.60)], [_m(0.45), _m(0.45), _m(0.45)])
-    assert noisy.status == "inconclusive"
+def test_verdict_needs_seeds_and_follows_the_numbers():
+    one = R.verdict("a > b", [_m(0.50)], [_m(0.40)])  # a 10 pp gap, but one seed: never decided
+    assert one.status == "inconclusive" and "one seed" in one.detail and one.threshold is None
+    three = lambda xs, ys: R.verdict("a > b", [_m(x) for x in xs], [_m(y) for y in ys])
+    assert three([0.50, 0.51, 0.49], [0.40, 0.41, 0.39]).status == "reproduced"
+    assert three([0.40, 0.41, 0.39], [0.50, 0.51, 0.49]).status == "not reproduced"
+    noisy = three([0.50, 0.40, 0.60], [0.45, 0.45, 0.45])  # +5 pp on average, but the seeds disagree
+    assert noisy.status == "inconclusive" and noisy.threshold > 5
+    # the threshold is t(2) = 4.303 standard errors, not 2
+    v = three([0.45, 0.46, 0.44], [0.44, 0.44, 0.44])
+    assert v.gap == pytest.approx(1.0) and v.threshold == pytest.approx(4.303 * v.se)
     assert R.verdict("a > b", [], [_m(0.4)]).status == "not run"
-    assert R.combine("all", [v, R.verdict("x", [_m(0.5)], [_m(0.4)])]).status == "inconclusive"
+    assert R.combine("all", [v, one]).status == "inconclusive"
+
+
+def _bits(correct, n=1000):
+    return "1" * correct + "0" * (n - correct)
+
+
+def test_paired_test_set_error_is_smaller_when_two_models_agree_on_images():
+    # the same 1,000 images: b gets right exactly the images a gets right, minus 20 of them
+    a = [{"final": {"ra": 0.42, "n_test": 1000, "correct": {"pgd": _bits(420)}}} for _ in range(3)]
+    b = [{"final": {"ra": 0.40, "n_test": 1000, "correct": {"pgd": _bits(400)}}} for _ in range(3)]
+    se_paired, n, paired = R.test_set_se(a, b, "ra")
+    se_indep, _, unpaired = R.test_set_se([_m(0.42)] * 3, [_m(0.40)] * 3, "ra")
+    assert paired and not unpaired and n == 1000
+    assert se_paired == pytest.approx(100 * (0.02 * 0.98 / 999) ** 0.5, rel=1e-6)  # sd of D_i in {0, 1} / sqrt(n)
+    assert se_paired < se_indep / 2
+    assert R.verdict("a > b", a, b).status == "reproduced"  # +2 pp on 1,000 images, decided only by pairing
+    assert R.verdict("a > b", [_m(0.42)] * 3, [_m(0.40)] * 3).status == "inconclusive"
 
 
 @pytest.mark.parametrize("kwargs,needle", [

@@ -88,3 +88,40 @@ def test_every_page_loads_with_its_images(browser, page):
     text = driver.find_element("tag name", "main").text
     assert len(text) > 200 and "Traceback" not in text and "Error" not in text.split("\n")[0]
     assert all(done and width > 0 for done, width, _ in _images(driver))
+
+
+READS_LIKE_A_PAPER = """
+const main = document.querySelector('main');
+const right = main.getBoundingClientRect().right + 1;
+const wide = Array.from(main.querySelectorAll('table, img, pre'))
+  .filter(e => e.offsetParent !== null && !e.closest('details:not([open])') && (e.innerText || e.src || '').trim() !== '')
+  .filter(e => e.getBoundingClientRect().right > right || e.scrollWidth > e.clientWidth + 1)
+  .map(e => e.tagName + ': ' + (e.innerText || e.src || '').slice(0, 60));
+const srcs = Array.from(main.querySelectorAll('img')).map(i => i.src);
+const twice = srcs.filter((s, i) => srcs.indexOf(s) !== i);
+const visibleCode = Array.from(main.querySelectorAll('div.cell_input'))
+  .filter(e => e.offsetParent !== null && !e.closest('details')).length;
+const params = Array.from(main.querySelectorAll('pre'))
+  .filter(e => e.offsetParent !== null && /^\\s*(# Parameters\\s*)?preset = /.test(e.innerText)).length;
+const verdictBox = Array.from(main.querySelectorAll('.admonition')).find(a => /Verdicts at this preset/.test(a.innerText));
+const firstTable = main.querySelector('table, img');
+const verdictFirst = verdictBox && (!firstTable ||
+  (verdictBox.compareDocumentPosition(firstTable) & Node.DOCUMENT_POSITION_FOLLOWING) !== 0);
+return {wide, twice, visibleCode, params, verdictBox: !!verdictBox, verdictFirst,
+        verdictText: verdictBox ? verdictBox.innerText : ''};
+"""
+
+
+@pytest.mark.parametrize("page", [p for p in _pages() if p.startswith("notebooks/")] + ["notebooks/tab1_overall.html"])
+def test_pages_read_like_a_paper(browser, page):
+    """Verdicts right under the claim, each figure once, nothing wider than the text column, code collapsed,
+    parameters not shown."""
+    driver, base = browser
+    driver.get(f"{base}/{page}")
+    found = driver.execute_script(READS_LIKE_A_PAPER)
+    assert found["wide"] == [], f"wider than the main column: {found['wide']}"
+    assert found["twice"] == [], f"figure rendered twice: {found['twice']}"
+    assert found["visibleCode"] == 0, "code cells should be collapsed"
+    assert found["params"] == 0, "the parameters cell (or papermill's injected copy) is rendered"
+    assert found["verdictBox"] and found["verdictFirst"], "no verdict admonition above the first table or figure"
+    assert any(w in found["verdictText"] for w in ("reproduced", "inconclusive", "passed", "failed", "not run"))
