@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -107,6 +110,38 @@ def _autoattack_class():
         return AutoAttack, "pyautoattack"
 
 
+@contextlib.contextmanager
+def _library_messages():
+    """Collect what AutoAttack says: warnings (its checks) and its per-attack robust accuracy log lines."""
+    found = {"warnings": [], "ra_after_each": {}}
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    logger, handler = logging.getLogger("auto-attack"), Keep(logging.DEBUG)
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False  # kept here, not printed
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield found
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+        said = [str(w.message) for w in caught] + [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+        found["warnings"] += list(dict.fromkeys(said))  # each once, in the order first said
+        for r in records:
+            text = r.getMessage()
+            m = re.match(r"robust accuracy after (\S+): ([\d.]+)%", text)
+            if m:
+                found["ra_after_each"][m.group(1).lower()] = float(m.group(2)) / 100
+
+
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, version: str = "standard",
                n: int | None = None, batch_size: int = 250, seed: int = 0) -> dict:
     """Robust accuracy under AutoAttack (Croce & Hein 2020) for L-inf on inputs in [0, 1], through the real library.
@@ -130,7 +165,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, v
         args.update(version="custom", **({"attacks_to_run": ["apgd-ce"]} if library == "autoattack"
                                          else {"attacks": ["apgd-ce"]}))
     t0 = time.perf_counter()
-    with frozen_eval(model):
+    with frozen_eval(model), _library_messages() as messages:
         adversary = cls(model, verbose=False, **args) if library == "autoattack" else cls(model, **args)
         if version == "apgd-ce":
             adversary.apgd.n_restarts = 1  # as in the standard version
@@ -147,7 +182,10 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, v
                            f"{max_perturbation:.5f} > eps {eps:.5f}); refusing to report a robust accuracy")
     return {"ra_aa": float(correct.float().mean()), "version": version, "library": library, "n": len(x), "eps": eps,
             "seconds": time.perf_counter() - t0, "max_perturbation": max_perturbation,
-            "correct": "".join("1" if c else "0" for c in correct.tolist())}
+            "correct": "".join("1" if c else "0" for c in correct.tolist()),
+            # AutoAttack's own checks (randomness, probabilities as outputs, dynamic models, Square beating the
+            # white-box attacks ...) and its robust accuracy after each attack, as the library reported them
+            "warnings": messages["warnings"], "ra_after_each": messages["ra_after_each"]}
 
 
 def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n_queries: int = 5000,

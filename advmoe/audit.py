@@ -167,7 +167,8 @@ def run_audit(spec: ex.ExperimentSpec, model, device, root: Path | None = None, 
                   batch_size, progress, f"audit {spec.name}")
     aa = ex.autoattack_eval(spec, str(device), root, progress=progress)
     raw.update(transfer_source=source_spec.name if source_spec else None,
-               autoattack={k: aa[k] for k in ("ra_aa", "ra_pgd_same_examples", "n", "version", "seconds")},
+               autoattack={**{k: aa[k] for k in ("ra_aa", "ra_pgd_same_examples", "n", "version", "seconds")},
+                           **{k: aa.get(k) for k in ("warnings", "ra_after_each")}},
                stored_metrics={k: metrics["final"][k] for k in ("sa", "ra", "ra_by_eps", "sanity")})
     return {**raw, "checks": checks(raw)}
 

@@ -69,3 +69,35 @@ def test_autoattack_bad_input(trained, kwargs, needle):
     with pytest.raises(ValueError) as e:
         autoattack(model, x, y, **kwargs)
     assert needle in str(e.value)
+
+
+class _Constant(torch.nn.Module):
+    """Always predicts class 0, with a zero input gradient: AutoAttack's own checks must say so."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        logits = torch.zeros(x.shape[0], 10)
+        logits[:, 0] = 10
+        return logits + 0 * self.w * x.flatten(1).sum(1, keepdim=True)
+
+
+def test_autoattack_keeps_the_library_warnings_and_its_per_attack_accuracy():
+    import logging
+
+    from advmoe.attacks import _library_messages
+    x, y = torch.rand(6, 3, 32, 32), torch.zeros(6, dtype=torch.long)
+    r = autoattack(_Constant(), x, y, 8 / 255, version="apgd-ce")
+    assert r["ra_aa"] == 1.0 and r["correct"] == "111111"
+    assert r["ra_after_each"] == {"apgd-ce": 1.0}  # from the library's own log
+    try:
+        from autoattack.checks import check_zero_gradients
+    except ImportError:
+        from pyautoattack.checks import check_zero_gradients
+    with _library_messages() as said:  # what the library's checks say (logger or warnings) is kept, once each
+        for _ in range(3):
+            check_zero_gradients(torch.zeros(4, 3), logger=logging.getLogger("auto-attack"))
+            check_zero_gradients(torch.zeros(4, 3))
+    assert len(said["warnings"]) == 1 and "4 points with zero gradient" in said["warnings"][0]
