@@ -44,6 +44,7 @@ def execute(preset: str = "cpu", device: str = "cpu", recompute: bool = False, p
     from . import audit
     from .experiments import get_many, load
     from .report import fig2_specs, fig2_sweep, page_specs
+    from .worstcase import worst_case_eval
 
     check_params(preset, device, recompute)
     specs = page_specs(preset)
@@ -55,6 +56,8 @@ def execute(preset: str = "cpu", device: str = "cpu", recompute: bool = False, p
     if unaudited:
         tqdm.write(f"auditing {len(unaudited)} model(s) (AutoAttack included), {jobs} at a time")
         get_many(unaudited, device, progress=progress, jobs=jobs, task=audit.audit)
+    tqdm.write("worst-case robust accuracy of every model (stored ones are reused)")
+    get_many(specs, device, progress=progress, jobs=jobs, task=worst_case_eval)
     tqdm.write("eps sweeps of the Fig. 2 models (stored ones are reused)")
     get_many(fig2_specs(preset), device, progress=progress, jobs=jobs, task=fig2_sweep)
     times = {}

@@ -276,7 +276,7 @@ def run(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, pro
     return atomic_write_json(metrics, out / "metrics.json")
 
 
-EVALUATIONS = ("eps-sweep-*.json", "autoattack-*.json", "audit-*.json")  # stored beside metrics.json
+EVALUATIONS = ("eps-sweep-*.json", "autoattack-*.json", "audit-*.json", "worst-case-*.json")  # stored beside metrics.json
 
 
 def read_evaluation(path: Path, spec: ExperimentSpec, root: Path | None = None) -> dict | None:

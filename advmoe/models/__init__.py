@@ -11,7 +11,8 @@ import fnmatch
 from torch import nn
 
 from .moe import (MoEConv2d, Router, RoutedNet, Routes, SharedRouter, backbone_parameters, dense_reference,
-                  fixed_routing, moe_layers, record_routing, router_parameters, soft_routing)
+                  fixed_routing, forced_expert, moe_layers, record_routing, router_parameters,
+                  soft_routing)
 from .resnet import resnet18
 
 BACKBONES = {"resnet18": (resnet18, 64)}  # name -> (constructor, paper base width)
@@ -74,5 +75,5 @@ def list_models(pattern: str = "*") -> list[str]:
 
 __all__ = ["create_model", "list_models", "check_model_args", "BACKBONES", "KINDS", "ROUTERS", "MoEConv2d",
            "Router", "SharedRouter", "RoutedNet", "Routes", "record_routing", "dense_reference", "soft_routing",
-           "fixed_routing", "moe_layers",
+           "fixed_routing", "forced_expert", "moe_layers",
            "router_parameters", "backbone_parameters"]

@@ -12,7 +12,8 @@ grouped by expert). Three other modes exist for checking, never for training:
 `dense_reference(model)` computes every expert and masks (tests and benchmark);
 `soft_routing(model)` mixes every expert by its router probability and
 `fixed_routing(model, routes)` replays given routing choices: both are smooth
-surrogates that the robustness audit attacks (advmoe.audit, check f).
+surrogates that the robustness audit attacks (advmoe.audit, check f); `forced_expert(model, e)` sends
+every sample to expert e (advmoe.worstcase).
 """
 from __future__ import annotations
 
@@ -75,7 +76,10 @@ class MoEConv2d(nn.Module):
         logits = self.router(x) if self.router is not None else self.shared_logits
         if logits is None:
             raise RuntimeError("MoEConv2d without its own router must run inside a RoutedNet")
-        choice = self.fixed_choice if self.mode == "fixed" else logits.argmax(1)
+        choice = logits.argmax(1)
+        if self.mode == "fixed":  # given choices per sample, or one expert for every sample
+            choice = (self.fixed_choice if torch.is_tensor(self.fixed_choice)
+                      else torch.full_like(choice, int(self.fixed_choice)))
         if self.record is not None:
             self.record.append(choice.detach().cpu())
         if self.mode == "soft":  # every expert, weighted by its router probability (no straight-through gate)
@@ -182,11 +186,11 @@ def record_routing(model: nn.Module):
 
 
 @contextlib.contextmanager
-def _routing_mode(model: nn.Module, mode: str, routes: dict[str, torch.Tensor] | None = None):
+def _routing_mode(model: nn.Module, mode: str, routes: dict[str, torch.Tensor] | int | None = None):
     layers = moe_layers(model)
     for name, m in layers.items():
         m.mode = mode
-        m.fixed_choice = None if routes is None else routes[name]
+        m.fixed_choice = routes if routes is None or isinstance(routes, int) else routes[name]
     try:
         yield model
     finally:
@@ -207,3 +211,12 @@ def soft_routing(model: nn.Module):
 def fixed_routing(model: nn.Module, routes: dict[str, torch.Tensor]):
     """Each MoE layer uses the given per-sample choices (from `record_routing`) instead of its router's."""
     return _routing_mode(model, "fixed", routes)
+
+
+def forced_expert(model: nn.Module, expert: int):
+    """Every sample goes to `expert` in every MoE layer: one fixed pathway (the per-expert evaluation of the
+    Robust Experts paper); the router still runs, so its parameters keep their place in the graph."""
+    n = {m.n_experts for m in moe_layers(model).values()}
+    if not isinstance(expert, int) or not n or not 0 <= expert < min(n):
+        raise ValueError(f"expert must be an integer in [0, {min(n) if n else 0}), got {expert!r}")
+    return _routing_mode(model, "fixed", expert)
