@@ -140,16 +140,22 @@ def summary(records: list[dict], metrics=("ra", "sa"), table: str = "1"):
 
 
 def with_autoattack(records: list[dict], device: str, recompute: bool) -> list[dict]:
-    """The records with RA-AA (and RA-PGD on the same examples) added to each model's final metrics."""
+    """The records with RA-AA and the worst case over every attack (`advmoe.worstcase`) added to each model's
+    final metrics, with RA-PGD on the same examples and the per-example results (for paired verdicts)."""
+    from .worstcase import worst_case_eval
+
     out = []
     for r in records:
         if r["metrics"] is not None:
-            aa = ex.autoattack_eval(r["spec"], device, recompute=recompute, progress=False)
+            wc = worst_case_eval(r["spec"], device, recompute=recompute, progress=False)
+            aa = ex.autoattack_eval(r["spec"], device, progress=False)
+            n = aa["n"]
             final = {**r["metrics"]["final"], "ra_aa": aa["ra_aa"], "ra_pgd_aa_examples": aa["ra_pgd_same_examples"],
-                     "n_ra_aa": aa["n"], "n_ra_pgd_aa_examples": aa["n"], "aa_version": aa["version"],
-                     "aa_seconds": aa["seconds"],
-                     "correct": {**r["metrics"]["final"].get("correct", {}),
-                                 **({"aa": aa["correct"]} if "correct" in aa else {})}}
+                     "ra_worst": wc["ra_worst"], "n_ra_aa": n, "n_ra_pgd_aa_examples": n, "n_ra_worst": n,
+                     "aa_version": aa["version"], "aa_seconds": aa["seconds"], "aa_warnings": aa.get("warnings", []),
+                     "worst_case": {k: wc[k] for k in ("order", "ra_after_each", "broken_by_each", "expert_clean_accuracy")},
+                     "correct": {**r["metrics"]["final"].get("correct", {}), "aa": aa["correct"],
+                                 "pgd_aa_examples": aa["correct_pgd"], "worst": wc["correct_worst"]}}
             r = {**r, "metrics": {**r["metrics"], "final": final}}
         out.append(r)
     return out
@@ -182,7 +188,8 @@ def beside(ours, ours_std, paper_mean, digits: int = 1) -> str:
     return text
 
 
-METRIC_NAMES = {"ra": "RA-PGD", "sa": "SA", "ra_aa": "RA-AA", "ra_pgd_aa_examples": "RA-PGD on AA images"}
+METRIC_NAMES = {"ra": "RA-PGD", "sa": "SA", "ra_aa": "RA-AA", "ra_pgd_aa_examples": "RA-PGD on AA images",
+                "ra_worst": "RA worst case"}
 
 
 def display_table(df, metrics=("ra", "sa")):
@@ -219,6 +226,7 @@ class Verdict:
     se: float | None  # standard error of the gap (pp)
     detail: str
     threshold: float | None = None  # the smallest gap this comparison can decide: t quantile x SE (pp)
+    also: str | None = None  # the same claim judged under a second metric, e.g. "RA worst case: inconclusive"
 
     def __str__(self) -> str:
         return f"{self.claim}: {self.status} ({self.detail})"
@@ -226,7 +234,8 @@ class Verdict:
 
 # Student's t, two-sided 95% (the 97.5% quantile), by degrees of freedom (seeds - 1); normal beyond 10.
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-CORRECT_KEY = {"ra": "pgd", "sa": "clean", "ra_aa": "aa"}  # metric -> its per-example record in final["correct"]
+CORRECT_KEY = {"ra": "pgd", "sa": "clean", "ra_aa": "aa", "ra_worst": "worst", "ra_pgd_aa_examples": "pgd_aa_examples"}
+# (metric -> its per-example record in final["correct"])
 
 
 def t975(df: int) -> float:
@@ -254,15 +263,22 @@ def test_set_se(a: list[dict], b: list[dict], metric: str) -> tuple[float, int, 
     return 100 * math.sqrt((pa * (1 - pa) + pb * (1 - pb)) / (n * len(a))), n, False
 
 
-def verdict(claim: str, a: list[dict], b: list[dict], metric: str = "ra", preset: str = "") -> Verdict:
+def verdict(claim: str, a: list[dict], b: list[dict], metric: str = "ra", preset: str = "",
+            also: str | None = None) -> Verdict:
     """Is metric(a) > metric(b)? a, b: metrics dicts paired by seed (same seed, same test images).
 
     The gap is the mean over seeds of the paired per-seed gaps. Its standard error has two parts: the seed
     spread of those gaps (SD / sqrt(k)) and the test-set sampling of the images (`test_set_se`, paired
     where per-image results are stored). Reproduced if gap > t(k-1) x SE, not reproduced if gap < -t(k-1) x
     SE (Student's t for k seeds, two-sided 95%), else inconclusive. With one seed the seed spread is unknown
-    and no claim is decided: inconclusive, whatever the gap.
+    and no claim is decided: inconclusive, whatever the gap. also: a second metric (e.g. "ra_worst") whose
+    verdict is added to the detail: does the claim still hold under it?
     """
+    if also is not None and a and b:
+        main, other = verdict(claim, a, b, metric, preset), verdict(claim, a, b, also, preset)
+        main.detail += f"; under the {METRIC_NAMES.get(also, also)}: {other.status} (gap {other.gap:+.2f} pp)"
+        main.also = f"{METRIC_NAMES.get(also, also)}: {other.status}"
+        return main
     if not a or not b:
         return Verdict(claim, "not run", None, None, "no results at this preset")
     gaps = [100 * (x["final"][metric] - y["final"][metric]) for x, y in zip(a, b)]
@@ -293,6 +309,8 @@ def verdict_summary(verdicts: list[Verdict]):
             numbers.append(f"decidable beyond ±{v.threshold:.1f} pp")
         elif v.status == "inconclusive" and "one seed" in v.detail:
             numbers.append("one seed: undecidable")
+        if v.also:
+            numbers.append(f"under the {v.also}")
         return f"- **{v.status}**: {v.claim}" + (f" ({', '.join(numbers)})" if numbers else "")
 
     return Markdown("\n".join(line(v) for v in verdicts))
@@ -314,7 +332,9 @@ def save_verdicts(notebook: str, preset: str, verdicts: list[Verdict], records: 
         "data": sorted({m["data"]["train"] for m in done}),
         "results_commits": provenance,
         "machines": sorted({f"{m['provenance']['device']} ({m['provenance']['device_name']}, "
-                            f"{m['provenance']['torch_threads']} threads)" for m in done}),
+                            f"{m['provenance']['torch_threads']} threads, " +
+                            ("pinned numerics" if m["provenance"].get("numerics", {}).get("pinned") else "numerics not pinned")
+                            + ")" for m in done}),
         "experiments": len(done),
         "compute_seconds": sum(m["provenance"]["train_seconds_total"] + m["provenance"]["eval_seconds"] for m in done),
     }
