@@ -263,6 +263,16 @@ def test_set_se(a: list[dict], b: list[dict], metric: str) -> tuple[float, int, 
     return 100 * math.sqrt((pa * (1 - pa) + pb * (1 - pb)) / (n * len(a))), n, False
 
 
+def threshold(seed_sd: float, test_se: float, seeds: int) -> float:
+    """The smallest gap (pp) the verdict rule decides with `seeds` seeds, for a given seed SD and test-set SE."""
+    return t975(seeds - 1) * math.sqrt(seed_sd ** 2 / seeds + test_se ** 2)
+
+
+def seeds_needed(seed_sd: float, test_se: float, target: float, most: int = 100) -> int | None:
+    """The fewest seeds (>= 2) whose threshold is at most `target` pp; None if even `most` do not reach it."""
+    return next((k for k in range(2, most + 1) if threshold(seed_sd, test_se, k) <= target), None)
+
+
 def verdict(claim: str, a: list[dict], b: list[dict], metric: str = "ra", preset: str = "",
             also: str | None = None) -> Verdict:
     """Is metric(a) > metric(b)? a, b: metrics dicts paired by seed (same seed, same test images).
