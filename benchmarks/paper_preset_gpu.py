@@ -11,7 +11,6 @@ images / train speed + 10,000 test images x (PGD-50 + clean) / eval speed, per m
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch

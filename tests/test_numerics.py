@@ -172,3 +172,15 @@ def test_verify_cli_needs_something_stored(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ADVMOE_RESULTS", str(tmp_path))
     assert main(["verify", "--preset", "smoke"]) == 2
     assert "nothing stored to verify" in capsys.readouterr().err
+
+
+def test_native_numerics_option_restarts_with_the_pin_off_and_results_say_so(tiny_data):
+    args = ["run", "--preset", "smoke", "--only", "moe-n2-r0.5-at", "--no-progress", "--native-numerics", "--set",
+            "dataset=cifar10", "base_width=4", "epochs=1", "train_subset=32", "batch_size=16", "test_subset=8",
+            "eval_steps=1"]
+    subprocess.run([sys.executable, "-m", "advmoe", *args], env=os.environ.copy(), check=True, capture_output=True)
+    spec = ex.make_spec("smoke", "moe", "at", 0.5, dataset="cifar10", base_width=4, epochs=1, train_subset=32,
+                        batch_size=16, test_subset=8, eval_steps=1)
+    numerics_used = ex.load(spec)["provenance"]["numerics"]
+    assert numerics_used["mode"] == "native" and numerics_used["pinned"] is False
+    assert "ADVMOE_NUMERICS=native" in numerics_used["why_not"]
