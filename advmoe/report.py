@@ -371,7 +371,8 @@ def bars(df, metric: str, title: str, ax=None):
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.5))
     sns.barplot(data=long, x="method", y="value", hue="source", ax=ax, palette={"ours": "#4c72b0", "paper": "#bbbbbb"})
-    names = {"ra": "Robust accuracy, PGD (%)", "sa": "Standard accuracy (%)", "ra_aa": "Robust accuracy, AutoAttack (%)"}
+    names = {"ra": "Robust accuracy, PGD (%)", "sa": "Standard accuracy (%)", "ra_aa": "Robust accuracy, AutoAttack (%)",
+             "ra_worst": "Robust accuracy, worst case (%)"}
     ax.set_ylabel(names[metric])
     ax.set_xlabel("method")
     ax.set_title(title)
