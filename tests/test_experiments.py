@@ -132,7 +132,10 @@ def test_large_eps_drives_robust_accuracy_to_zero(tiny_data):
     model = create_model("resnet18", "dense", base_width=8)
     model.load_state_dict(torch.load(ex.result_dir(spec) / "checkpoint.pt", weights_only=True)["model"])
     test = datalib.load("cifar10", "test")
-    assert accuracy(model, test, "cpu", progress=False) > 0.3  # the class colours are learnable
+    # Something to attack: at least 8 of the 64 images right. The accuracy itself depends on the kernels
+    # (0.19 under MKL_CBWR=COMPATIBLE, above 0.3 elsewhere), so this precondition asks only for the margin
+    # the attack needs; the assertion that matters is the one below.
+    assert accuracy(model, test, "cpu", progress=False) >= 8 / 64
     assert robust_accuracy(model, test, "cpu", 1.0, 0.5, 5, progress=False) == 0.0
 
 
