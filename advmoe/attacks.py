@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .io import bits
 from .losses import kl_from_logits
 
 LOSSES = ("ce", "kl")
@@ -182,7 +183,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, v
                            f"{max_perturbation:.5f} > eps {eps:.5f}); refusing to report a robust accuracy")
     return {"ra_aa": float(correct.float().mean()), "version": version, "library": library, "n": len(x), "eps": eps,
             "seconds": time.perf_counter() - t0, "max_perturbation": max_perturbation,
-            "correct": "".join("1" if c else "0" for c in correct.tolist()),
+            "correct": bits(correct),
             # AutoAttack's own checks (randomness, probabilities as outputs, dynamic models, Square beating the
             # white-box attacks ...) and its robust accuracy after each attack, as the library reported them
             "warnings": messages["warnings"], "ra_after_each": messages["ra_after_each"]}

@@ -8,6 +8,7 @@ from tqdm import tqdm
 from . import data as datalib
 from .attacks import pgd
 from .flops import gflops
+from .io import bits
 from .models import record_routing
 
 
@@ -27,10 +28,6 @@ def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, routes: list | 
         per_example.append(correct.cpu())
     return int(correct.sum())
 
-
-def bits(per_example: list[torch.Tensor]) -> str:
-    """Per-example correctness as a string of 0/1 in test-set order (stored, so comparisons can be paired)."""
-    return "".join("1" if c else "0" for c in torch.cat(per_example).tolist()) if per_example else ""
 
 
 def _histogram(routes: list) -> dict[str, list[int]]:

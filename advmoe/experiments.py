@@ -399,7 +399,8 @@ def autoattack_eval(spec: ExperimentSpec, device: str = "cpu", root: Path | None
     The examples are a fixed, class-balanced subset of the experiment's test set (all of it for `paper`).
     """
     from .attacks import autoattack
-    from .evaluate import bits, robust_accuracy
+    from .evaluate import robust_accuracy
+    from .io import bits
 
     version, n = autoattack_settings(spec.preset)
 

@@ -85,6 +85,19 @@ def state_sha256(state: dict) -> str:
     return h.hexdigest()
 
 
+def bits(correct) -> str:
+    """Per-example correctness (a bool tensor, or a list of them in order) as a string of 0/1 for JSON results:
+    stored so that two models, or two attacks, can be compared image by image."""
+    if isinstance(correct, (list, tuple)):
+        correct = torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
+    return "".join("1" if c else "0" for c in correct.tolist())
+
+
+def from_bits(text: str) -> torch.Tensor:
+    """The bool tensor a `bits` string encodes."""
+    return torch.tensor([c == "1" for c in text], dtype=torch.bool)
+
+
 def load_checkpoint(path: Path, spec) -> dict | None:
     """The checkpoint's state, or None (with a warning) when it is unreadable; refuses another spec's checkpoint."""
     try:

@@ -13,7 +13,7 @@ the report says why in one line and only the seed-spread comparison counts.
 """
 from __future__ import annotations
 
-import math
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -29,9 +29,7 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
     out: dict[str, float] = {}
 
     def walk(prefix, value):
-        if isinstance(value, bool):
-            out[prefix] = float(value)
-        elif isinstance(value, (int, float)):
+        if isinstance(value, (int, float)):  # bools too
             out[prefix] = float(value)
         elif isinstance(value, dict):
             for k, v in value.items():
@@ -78,8 +76,7 @@ def seed_spread(spec: ex.ExperimentSpec, root: Path | None = None) -> dict[str, 
             continue
         for k in ("sa", "ra"):
             values.setdefault(k, []).append(m["final"][k])
-    return {k: math.sqrt(sum((x - sum(v) / len(v)) ** 2 for x in v) / (len(v) - 1))
-            for k, v in values.items() if len(v) >= 2}
+    return {k: statistics.stdev(v) for k, v in values.items() if len(v) >= 2}
 
 
 def compare(spec: ex.ExperimentSpec, stored: dict, fresh: dict, root: Path | None = None) -> dict:

@@ -26,6 +26,7 @@ import torch
 from . import data as datalib
 from . import experiments as ex
 from .attacks import check_attack, frozen_eval
+from .io import bits, from_bits
 from .models import forced_expert, moe_layers, soft_routing
 
 APGD_ITERATIONS = 100  # AutoAttack's own setting
@@ -103,7 +104,7 @@ def worst_case(model, x: torch.Tensor, y: torch.Tensor, eps: float, found: dict[
         steps[name], seconds[name] = float(robust.float().mean()), time.perf_counter() - t0
     return {"ra_worst": float(robust.float().mean()), "ra_after_each": steps, "broken_by_each": extra_broken,
             "seconds_each": seconds, "order": list(steps), "expert_clean_accuracy": expert_clean,
-            "correct_worst": "".join("1" if c else "0" for c in robust.tolist())}
+            "correct_worst": bits(robust)}
 
 
 def worst_case_eval(spec: ex.ExperimentSpec, device: str = "cpu", root: Path | None = None,
@@ -118,8 +119,8 @@ def worst_case_eval(spec: ex.ExperimentSpec, device: str = "cpu", root: Path | N
     def compute(model, dev):
         test = datalib.load(spec.dataset, "test", subset=spec.test_subset, seed=ex.SUBSET_SEED).subset(n, ex.SUBSET_SEED)
         x, y = datalib.to_float(test.images, dev), test.labels.to(dev)
-        as_bool = lambda bits: torch.tensor([c == "1" for c in bits])  # noqa: E731
-        found = {f"pgd-{aa['pgd_steps']}": as_bool(aa["correct_pgd"]), f"autoattack ({version})": as_bool(aa["correct"])}
+        found = {f"pgd-{aa['pgd_steps']}": from_bits(aa["correct_pgd"]),
+                 f"autoattack ({version})": from_bits(aa["correct"])}
         return {**worst_case(model, x, y, spec.eval_eps, found, seed=spec.seed), "n": len(y),
                 "ra_pgd_same_examples": aa["ra_pgd_same_examples"], "ra_aa": aa["ra_aa"],
                 "autoattack_warnings": aa.get("warnings", [])}

@@ -3,7 +3,7 @@ import torch
 
 from advmoe import experiments as ex
 from advmoe import worstcase
-from advmoe.evaluate import bits
+from advmoe.io import bits
 from advmoe.attacks import pgd
 from advmoe.models import MoEConv2d, RoutedNet
 
