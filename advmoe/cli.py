@@ -24,7 +24,7 @@ def _specs(args, every: bool = False) -> list[ex.ExperimentSpec]:
     seeds = tuple(args.seeds) if args.seeds else None
     if every:
         from .report import page_specs
-        specs = [s for s in page_specs(args.preset) if seeds is None or s.seed in seeds]
+        specs = page_specs(args.preset, seeds)
     else:
         specs = ex.table1(args.preset, seeds)
     if getattr(args, "set", None):

@@ -67,12 +67,14 @@ def runnable(dataset: str, backbone: str) -> str | None:
     return None
 
 
-def page_specs(preset: str) -> list:
-    """Every experiment the book's pages show at a preset (runnable cells only): Table 1 and Fig. 1b rows."""
+def page_specs(preset: str, seeds: tuple[int, ...] | None = None) -> list:
+    """Every experiment the book's pages show at a preset (runnable cells only): Table 1 and Fig. 1b rows,
+    for the preset's seeds or the given ones."""
     rows = {r[1:] for r in ex.TABLE1 + FIG1B}
     return [ex.make_spec(preset, kind, method, scale, dataset=d, backbone=b, seed=seed)
             for d, b in cells(preset) if runnable(d, b) is None
-            for kind, method, scale in sorted(rows) for seed in ex.preset_seeds(preset)]
+            for kind, method, scale in sorted(rows)
+            for seed in (ex.preset_seeds(preset) if seeds is None else seeds)]
 
 
 def collect(rows, preset: str, device: str, recompute: bool, dataset: str, backbone: str) -> list[dict]:

@@ -128,3 +128,11 @@ def test_a_notebook_with_bad_parameters_stops_in_its_first_code_cell(notebook, p
     first_code = next(i for i, c in enumerate(cells) if c.cell_type == "code"
                       and not {"parameters", "injected-parameters"} & set(c.metadata.get("tags", [])))
     assert failed == [first_code]
+
+
+def test_page_specs_follow_the_preset_seeds_or_the_given_ones():
+    default = R.page_specs("cpu")
+    assert {s.seed for s in default} == set(R.ex.preset_seeds("cpu"))
+    extra = R.page_specs("cpu", (1, 2))
+    assert {s.seed for s in extra} == {1, 2} and len(extra) == 2 * len(default)
+    assert {s.replace(seed=0).hash for s in extra} == {s.hash for s in default}  # same models, other seeds
