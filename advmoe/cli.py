@@ -135,6 +135,18 @@ def cmd_bench(args) -> int:
         if args.output:
             atomic_write_json(result, args.output)
         return 0
+    if args.moe_cost:
+        from .bench import moe_cost
+        from .io import atomic_write_json
+        result = {"widths": [moe_cost(width=w, batch=args.batch, train_batch=args.train_batch, rounds=args.repeats)
+                             for w in args.moe_cost]}
+        for r in result["widths"]:
+            print(f"width {r['width']}: MoE / S-Dense, median of {r['rounds']} rounds: " + ", ".join(
+                f"{k} {v:.2f}x (target <= {r['targets'][k]:.2f}: {'met' if v <= r['targets'][k] else 'NOT met'})"
+                for k, v in r["ratio_median"].items()))
+        if args.output:
+            atomic_write_json(result, args.output)
+        return 0
     result = bench_main(width=args.width, batch=args.batch, train_batch=args.train_batch, repeats=args.repeats,
                         output=args.output)
     if args.json:
@@ -250,6 +262,9 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--pin-cost", nargs="+", type=_at_least(1), metavar="WIDTH",
                    help="instead: time AT training iterations pinned vs native numerics at these base widths "
                         "(one process per mode and round, interleaved; --repeats rounds)")
+    q.add_argument("--moe-cost", nargs="+", type=_at_least(1), metavar="WIDTH",
+                   help="instead: time sparse MoE against S-Dense (training iteration, inference) at these base widths "
+                        "(one process per round, --repeats rounds)")
     q.add_argument("--output", help="also write the result as JSON to this file")
     q.add_argument("--json", action="store_true", help="print the result as JSON")
     q.set_defaults(func=cmd_bench)

@@ -45,15 +45,16 @@ def _grads(model):
 def test_sparse_matches_dense_mask_reference(router):
     torch.manual_seed(0)
     model = mixed_routing(create_model("resnet18", "moe", 0.5, 3, router=router, base_width=8))
-    x, y = torch.rand(24, 3, 32, 32), torch.randint(0, 10, (24,))
+    x, y = torch.rand(24, 3, 32, 32).requires_grad_(), torch.randint(0, 10, (24,))
     results = []
     for reference in (False, True):
         model.zero_grad()
+        x.grad = None
         torch.manual_seed(1)  # the same random routing term in both passes
         with (dense_reference(model) if reference else torch.enable_grad()), record_routing(model) as routes:
             out = model(x)
             F.cross_entropy(out, y).backward()
-        results.append((out.detach(), _grads(model), routes))
+        results.append((out.detach(), {**_grads(model), "input": x.grad.clone()}, routes))
     (out_s, g_s, routes), (out_d, g_d, _) = results
     assert any(len(set(c.tolist())) > 1 for c in routes.values()), "routing must actually split the batch"
     assert torch.allclose(out_s, out_d, atol=1e-5)
@@ -62,6 +63,17 @@ def test_sparse_matches_dense_mask_reference(router):
     assert router_names & g_s.keys(), "the routers must receive gradients (straight-through)"
     for n in g_s:
         assert torch.allclose(g_s[n], g_d[n], atol=1e-5, rtol=1e-4), n
+    # an attack's pass (parameters frozen, gradient to the input only) gives the same input gradient, and the
+    # straight-through gate leaves the output bit-identical to a pass without gradients
+    for p in model.parameters():
+        p.requires_grad_(False)
+    torch.manual_seed(1)
+    out_a = model(x)
+    grad_a, = torch.autograd.grad(F.cross_entropy(out_a, y), x)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        assert torch.equal(model(x), out_a)
+    assert torch.allclose(grad_a, g_s["input"], atol=1e-6, rtol=1e-5)
 
 
 def test_unchosen_expert_gets_no_gradient():
