@@ -5,10 +5,11 @@ N * r*C_out outputs and r*C_in inputs (the authors' layout), so one expert is an
 r*C_out x r*C_in kernel and the layer returns the chosen expert's r*C_out channels.
 Routing is top-1 with a straight-through gradient to the router logits, as in the
 authors' code: the chosen expert's output is multiplied by 1 + p - stop_grad(p),
-where p is the router's softmax probability of that expert (value 1, gradient dp).
+where p is the router's softmax probability of that expert (value exactly 1, gradient
+dp; `_StraightThrough` passes the output on without computing the product).
 
 Execution is really sparse: each sample runs only its chosen expert (the batch is
-grouped by expert). Three other modes exist for checking, never for training:
+grouped by expert, `_GroupedConv`). Three other modes exist for checking, never for training:
 `dense_reference(model)` computes every expert and masks (tests and benchmark);
 `soft_routing(model)` mixes every expert by its router probability and
 `fixed_routing(model, routes)` replays given routing choices: both are smooth
