@@ -43,7 +43,7 @@ def execute(preset: str = "cpu", device: str = "cpu", recompute: bool = False, p
 
     from . import audit
     from .experiments import get_many, load
-    from .report import fig2_specs, fig2_sweep, page_specs
+    from .report import audit_specs, fig2_specs, fig2_sweep, page_specs
     from .worstcase import worst_case_eval
 
     check_params(preset, device, recompute)
@@ -52,7 +52,7 @@ def execute(preset: str = "cpu", device: str = "cpu", recompute: bool = False, p
     if missing:
         tqdm.write(f"training {len(missing)} experiment(s) the pages need, {jobs} at a time")
         get_many(missing, device, recompute=recompute, progress=progress, jobs=jobs)
-    unaudited = [s for s in specs if audit.stored(s) is None]  # retraining dropped the audits of retrained models
+    unaudited = [s for s in audit_specs(preset) if audit.stored(s) is None]  # retraining drops a model's audit
     if unaudited:
         tqdm.write(f"auditing {len(unaudited)} model(s) (AutoAttack included), {jobs} at a time")
         get_many(unaudited, device, progress=progress, jobs=jobs, task=audit.audit)

@@ -77,6 +77,13 @@ def page_specs(preset: str, seeds: tuple[int, ...] | None = None) -> list:
             for seed in (ex.preset_seeds(preset) if seeds is None else seeds)]
 
 
+def audit_specs(preset: str) -> list:
+    """The models the robustness audit checks: each page model's first seed. The audit tests the evaluation (are
+    the attacks strong enough for this kind of model?), not the training noise; the worst-case RA, which the
+    tables lead with, is computed for every seed."""
+    return page_specs(preset, ex.preset_seeds(preset)[:1])
+
+
 def collect(rows, preset: str, device: str, recompute: bool, dataset: str, backbone: str) -> list[dict]:
     """One record per (row, seed): our metrics (None where not runnable) and the row's identity."""
     records = []
@@ -167,6 +174,7 @@ def audit_badge(specs: list) -> str:
     """One line for a table row: which audit checks its model(s) fail, from the stored audits."""
     from . import audit
 
+    specs = [s for s in specs if s.seed == ex.preset_seeds(s.preset)[0]]  # the audited seed (`audit_specs`)
     if not specs:
         return "-"
     results = [audit.stored(s) for s in specs]
@@ -305,8 +313,9 @@ def verdict(claim: str, a: list[dict], b: list[dict], metric: str = "ra", preset
     se = math.sqrt(sd ** 2 / k + se_test ** 2)
     threshold = t975(k - 1) * se
     status = "reproduced" if gap > threshold else "not reproduced" if gap < -threshold else "inconclusive"
+    short = f"; undecided: the gap is {threshold - abs(gap):.2f} pp short of the threshold" if status == "inconclusive" else ""
     return Verdict(claim, status, gap, se, f"{where}: gap {gap:+.2f} pp, threshold {threshold:.2f} pp "
-                   f"(t({k - 1}) x SE; seed SD {sd:.2f}, {test_part})", threshold)
+                   f"(t({k - 1}) x SE; seed SD {sd:.2f}, {test_part}){short}", threshold)
 
 
 def verdict_summary(verdicts: list[Verdict]):
@@ -319,6 +328,8 @@ def verdict_summary(verdicts: list[Verdict]):
             numbers.append(f"gap {v.gap:+.1f} pp")
         if v.threshold is not None:
             numbers.append(f"decidable beyond ±{v.threshold:.1f} pp")
+            if v.status == "inconclusive":
+                numbers.append(f"{v.threshold - abs(v.gap):.1f} pp short")
         elif v.status == "inconclusive" and "one seed" in v.detail:
             numbers.append("one seed: undecidable")
         if v.also:
@@ -353,6 +364,28 @@ def save_verdicts(notebook: str, preset: str, verdicts: list[Verdict], records: 
     path = Path(root or ex.results_root()) / preset / "verdicts" / f"{notebook}.json"
     atomic_write_json(payload, path)
     return path
+
+
+COMPUTE_PARTS = {"metrics.json": "training + PGD", "autoattack-": "AutoAttack", "worst-case-": "worst case",
+                 "eps-sweep-": "Fig. 2 sweep", "audit-": "audit"}
+
+
+def compute_seconds(preset: str, seeds: tuple[int, ...] | None = None, root: Path | None = None) -> list[dict]:
+    """The measured compute behind the book, from the provenance of every stored result: one record per stored
+    file of every page model (and seed) with its part (`COMPUTE_PARTS`) and the worker-seconds it took."""
+    rows = []
+    for spec in page_specs(preset, seeds):
+        folder = ex.result_dir(spec, root)
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            part = next((v for k, v in COMPUTE_PARTS.items() if path.name.startswith(k)), None)
+            data = ex.read_json(path) if part else None
+            if data is None or data.get("hash") != spec.hash:
+                continue
+            p = data["provenance"]
+            seconds = p["train_seconds_total"] + p["eval_seconds"] if part == "training + PGD" else p["seconds"]
+            rows.append(dict(model=spec.name, kind=spec.kind, method=spec.method, seed=spec.seed, part=part,
+                             seconds=seconds, commit=(p.get("git_commit") or "unknown")[:10]))
+    return rows
 
 
 def load_verdicts(preset: str, root: Path | None = None) -> dict[str, dict]:

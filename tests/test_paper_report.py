@@ -45,6 +45,7 @@ def test_verdict_needs_seeds_and_follows_the_numbers():
     assert three([0.40, 0.41, 0.39], [0.50, 0.51, 0.49]).status == "not reproduced"
     noisy = three([0.50, 0.40, 0.60], [0.45, 0.45, 0.45])  # +5 pp on average, but the seeds disagree
     assert noisy.status == "inconclusive" and noisy.threshold > 5
+    assert f"{noisy.threshold - 5:.2f} pp short of the threshold" in noisy.detail  # says by how much it misses
     # the threshold is t(2) = 4.303 standard errors, not 2
     v = three([0.45, 0.46, 0.44], [0.44, 0.44, 0.44])
     assert v.gap == pytest.approx(1.0) and v.threshold == pytest.approx(4.303 * v.se)
