@@ -25,7 +25,7 @@ from .attacks import check_attack
 from .evaluate import evaluate
 from .io import atomic_write_json, file_sha256, read_json, state_sha256
 from .models import check_model_args, create_model
-from .train import METHODS, train
+from .train import METHODS, PARTIAL, train
 
 PRESETS = ("smoke", "cpu", "paper")
 TABLE1 = (  # (label, kind, method, scale): the paper's Table 1 rows for one (dataset, backbone) cell
@@ -35,6 +35,9 @@ TABLE1 = (  # (label, kind, method, scale): the paper's Table 1 rows for one (da
     ("AdvMoE", "moe", "advmoe", 0.5),
 )
 SUBSET_SEED = 0  # train/test subsets are the same for every seed and method: only training randomness varies
+# What a chained experiment shares with its parent (the architecture and the data it was trained on).
+CHAIN_FIELDS = ("preset", "dataset", "backbone", "kind", "scale", "n_experts", "router", "base_width", "train_subset",
+                "test_subset")
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class ExperimentSpec:
     train_subset: int | None = None
     test_subset: int | None = None
     seed: int = 0
+    parent: "ExperimentSpec | None" = None  # training starts from this experiment's trained weights (a chain)
 
     def __post_init__(self):
         if self.preset not in PRESETS:
@@ -92,16 +96,32 @@ class ExperimentSpec:
                              f"({'two batches' if self.method == 'advmoe' else 'one batch'}), got {self.train_subset!r}")
         if self.test_subset is not None and (not isinstance(self.test_subset, int) or self.test_subset < 1):
             raise ValueError(f"test_subset must be None (all) or an integer >= 1, got {self.test_subset!r}")
+        if self.method in PARTIAL and self.kind != "moe":
+            raise ValueError(f"method {self.method!r} trains part of an MoE model (kind 'moe'), not kind {self.kind!r}")
+        if self.method in PARTIAL and self.parent is None:
+            raise ValueError(f"method {self.method!r} starts from a trained model: give parent=<the spec it starts from>")
+        if self.parent is not None:
+            if not isinstance(self.parent, ExperimentSpec):
+                raise ValueError(f"parent must be an ExperimentSpec or None, got {type(self.parent).__name__}")
+            differ = [f for f in CHAIN_FIELDS if getattr(self.parent, f) != getattr(self, f)]
+            if differ:
+                raise ValueError(f"parent {self.parent.name} differs in {', '.join(differ)}; a chained experiment "
+                                 f"starts from its parent's weights and data, so {', '.join(CHAIN_FIELDS)} must match")
 
     @property
     def name(self) -> str:
         router = "-shared" if self.kind == "moe" and self.router == "shared" else ""
         experts = f"-n{self.n_experts}" if self.kind == "moe" else ""
-        return f"{self.dataset}-{self.backbone}-{self.kind}{experts}{router}-r{self.scale:g}-{self.method}-s{self.seed}"
+        chain = f"-from-{self.parent.method}" if self.parent is not None else ""
+        return (f"{self.dataset}-{self.backbone}-{self.kind}{experts}{router}-r{self.scale:g}-{self.method}{chain}"
+                f"-s{self.seed}")
 
     @property
     def hash(self) -> str:
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "parent"}
+        if self.parent is not None:  # a spec without a parent keeps the hash it had before chains existed
+            fields["parent"] = self.parent.hash
+        blob = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
     @property
@@ -248,6 +268,9 @@ def run(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, pro
         position: int = 0) -> dict:
     """Train (resuming from a checkpoint if one exists), evaluate, and store metrics.json atomically."""
     out = result_dir(spec, root)
+    parent = None
+    if spec.parent is not None:  # the parent first (trained now if it has no finished checkpoint)
+        parent = trained_model(spec.parent, device, root, progress).state_dict()
     train_data = datalib.load(spec.dataset, "train", subset=spec.train_subset, seed=SUBSET_SEED)
     test_data = datalib.load(spec.dataset, "test", subset=spec.test_subset, seed=SUBSET_SEED)
     with computing(device, root) as (dev, started):  # provenance: the code as it was when this call began
@@ -256,6 +279,8 @@ def run(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, pro
         torch.manual_seed(spec.seed)
         model = create_model(spec.backbone, spec.kind, spec.scale, spec.n_experts, spec.num_classes, spec.router,
                              spec.base_width).to(dev)
+        if parent is not None:
+            model.load_state_dict(parent)
         for pattern in (*EVALUATIONS, ".*.tmp"):  # evaluations of an earlier model; temp files of a killed write
             for stale in out.glob(pattern):
                 stale.unlink()
@@ -266,6 +291,8 @@ def run(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, pro
     metrics = {
         "spec": dataclasses.asdict(spec), "hash": spec.hash, "name": spec.name,
         "final": final, "history": history,
+        **({"parent": {"name": spec.parent.name, "hash": spec.parent.hash,
+                       "model_sha256": load(spec.parent, root)["model_sha256"]}} if spec.parent is not None else {}),
         "data": {"train": train_data.source, "n_train": len(train_data), "n_test": len(test_data),
                  # the decoded uint8 images and labels: a re-run tells at once whether its data decoded identically
                  "train_sha256": train_data.fingerprint(), "test_sha256": test_data.fingerprint()},
@@ -434,7 +461,7 @@ def get(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, rec
 
 def relative_cost(spec: ExperimentSpec) -> float:
     """A rough training cost, to start the longest experiments first (measured: AdvMoE ~2x AT(MoE) ~1.4x AT(S-Dense))."""
-    per_step = {"standard": 0.3, "at": 1.0, "advmoe": 2.0}[spec.method]
+    per_step = {"standard": 0.3, "at": 1.0, "advmoe": 2.0, "at-routers": 0.8, "at-backbone": 1.0}[spec.method]
     return per_step * {"dense": 1.0, "s-dense": 0.5, "moe": 0.8}[spec.kind] * spec.epochs * (spec.train_subset or 50_000)
 
 

@@ -6,7 +6,11 @@ is written once:
   at        TRADES on all parameters: AT(Dense), AT(S-Dense), AT(MoE) (Sec. 3, Eq. (AT));
   advmoe    Algorithm 1: a TRADES step of the routers on one batch, then a TRADES step of the
             backbone on a different batch, each against a fresh K-step PGD attack on the model as
-            it is at that moment (Sec. 4).
+            it is at that moment (Sec. 4). Both steps run the whole model in train mode, so the
+            BatchNorm statistics move in the router step too, as in the authors' code.
+  at-routers   TRADES on the routers only (phi), the backbone (psi) fixed: its weights and its BatchNorm
+               statistics (Sec. 4: "fix psi at its standard weights"). Starts from a parent experiment.
+  at-backbone  TRADES on the backbone only, the routers fixed (the same way). Starts from a parent.
 """
 from __future__ import annotations
 
@@ -27,15 +31,23 @@ from .io import atomic_torch_save, load_checkpoint
 from .losses import trades_loss
 from .models import backbone_parameters, router_parameters
 
-METHODS = ("standard", "at", "advmoe")
+METHODS = ("standard", "at", "advmoe", "at-routers", "at-backbone")
+PARTIAL = {"at-routers": router_parameters, "at-backbone": backbone_parameters}  # method -> what it trains
 
 
 @contextlib.contextmanager
-def only_training(model: nn.Module, params: list[nn.Parameter]):
-    """Train mode with gradients only for `params` (the rest is fixed, and autograd skips its weight grads)."""
+def only_training(model: nn.Module, params: list[nn.Parameter], fixed_statistics: bool = False):
+    """Train mode with gradients only for `params` (the rest is fixed, and autograd skips its weight grads).
+
+    fixed_statistics: BatchNorm layers none of whose parameters are trained stay in eval mode, so their running
+    statistics do not move and they normalise with them (a fixed part is fixed entirely)."""
     chosen = {id(p) for p in params}
     flags = [(p, p.requires_grad) for p in model.parameters()]
     model.train()
+    if fixed_statistics:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(id(p) in chosen for p in m.parameters()):
+                m.eval()
     for p, _ in flags:
         p.requires_grad_(id(p) in chosen)
     try:
@@ -53,13 +65,15 @@ def sgd(params: list[nn.Parameter], spec) -> torch.optim.SGD:
 def make_optimizers(model: nn.Module, spec) -> dict[str, torch.optim.Optimizer]:
     if spec.method == "advmoe":  # routers (phi) and backbone (psi) are optimised alternately, same lr/schedule
         return {"router": sgd(router_parameters(model), spec), "backbone": sgd(backbone_parameters(model), spec)}
+    if spec.method in PARTIAL:
+        return {"all": sgd(PARTIAL[spec.method](model), spec)}
     return {"all": sgd(list(model.parameters()), spec)}
 
 
-def trades_step(model, params, optimizer, x, y, spec) -> tuple[float, float]:
+def trades_step(model, params, optimizer, x, y, spec, fixed_statistics: bool = False) -> tuple[float, float]:
     """One TRADES update of `params` (the other parameters fixed) against a fresh PGD-KL attack."""
     x_adv = pgd(model, x, y, spec.train_eps, spec.train_step_size, spec.train_steps, loss="kl")
-    with only_training(model, params):
+    with only_training(model, params, fixed_statistics):
         loss, logits = trades_loss(model, x, x_adv, y, spec.beta)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -84,6 +98,8 @@ def iteration(model, optimizers, batch, other_batch, spec) -> tuple[float, float
         return standard_step(model, list(model.parameters()), optimizers["all"], x, y, spec)
     if spec.method == "at":
         return trades_step(model, list(model.parameters()), optimizers["all"], x, y, spec)
+    if spec.method in PARTIAL:
+        return trades_step(model, PARTIAL[spec.method](model), optimizers["all"], x, y, spec, fixed_statistics=True)
     # Algorithm 1, line 4: lower level, routers phi on batch B_phi with the backbone psi fixed.
     trades_step(model, router_parameters(model), optimizers["router"], *other_batch, spec)
     # Algorithm 1, line 5: upper level, backbone psi on batch B_psi with the routers phi fixed.

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import advmoe
 from advmoe import data as datalib
@@ -184,3 +185,35 @@ def test_autoattack_eval_is_stored_reused_and_dropped_on_retrain(tiny_data):
     assert ex.autoattack_eval(spec, progress=False) == r and path.stat().st_mtime_ns == mtime
     ex.get(spec, recompute=True, progress=False)  # a retrained model invalidates its old evaluations
     assert not path.exists()
+
+
+@pytest.mark.parametrize("changes,needle", [
+    (dict(method="at-routers", kind="s-dense"), "trains part of an MoE model (kind 'moe')"),
+    (dict(method="at-routers"), "give parent=<the spec it starts from>"),
+    (dict(method="at-backbone", parent="standard"), "parent must be an ExperimentSpec"),
+    (dict(method="at-routers", parent=dict(scale=0.25)), "differs in scale"),
+])
+def test_bad_chain_fails_before_compute(changes, needle):
+    base = dict(preset="smoke", kind="moe", method="at", scale=0.5, batch_size=32)
+    if isinstance(changes.get("parent"), dict):
+        changes["parent"] = ex.ExperimentSpec(**{**base, "method": "standard", **changes["parent"]})
+    with pytest.raises(ValueError) as e:
+        ex.ExperimentSpec(**{**base, **changes})
+    assert needle in str(e.value)
+
+
+def test_a_chained_run_trains_its_parent_first_and_starts_from_its_weights(tiny_data):
+    from advmoe.models import backbone_parameters, router_parameters
+
+    small = dict(dataset="cifar10", epochs=1, train_subset=64, batch_size=32, test_subset=16, eval_steps=1)
+    parent = ex.make_spec("smoke", "moe", "standard", 0.5, **small)
+    child = ex.make_spec("smoke", "moe", "at-routers", 0.5, parent=parent, **small)
+    assert child.hash != child.replace(parent=parent.replace(seed=1)).hash  # the parent is part of the identity
+    assert parent.hash == ex.make_spec("smoke", "moe", "standard", 0.5, **small).hash  # no parent: old hashes kept
+    metrics = ex.get(child, progress=False)  # the parent has never been trained: get trains it first
+    assert (ex.result_dir(parent) / "metrics.json").is_file()
+    assert metrics["parent"]["model_sha256"] == ex.load(parent)["model_sha256"]
+    a, b = ex.load_model(parent), ex.load_model(child)
+    assert all(torch.equal(p, q) for p, q in zip(backbone_parameters(a), backbone_parameters(b)))  # psi fixed
+    assert all(torch.equal(p, q) for (n, p), (_, q) in zip(a.named_buffers(), b.named_buffers()))  # BN stats too
+    assert any(not torch.equal(p, q) for p, q in zip(router_parameters(a), router_parameters(b)))  # phi trained

@@ -150,3 +150,10 @@ def test_bad_model_arguments(kwargs, needle):
     with pytest.raises(ValueError, match=None) as e:
         advmoe.create_model(**kwargs)
     assert needle in str(e.value)
+
+
+def test_router_parameters_include_the_shared_router():
+    model = create_model("resnet18", "moe", 0.5, 2, router="shared", base_width=8)
+    phi = {id(p) for p in router_parameters(model)}
+    assert phi == {id(p) for p in model.shared_router.parameters()}
+    assert not phi & {id(p) for p in backbone_parameters(model)}

@@ -125,3 +125,38 @@ def test_killed_run_resumes_to_the_same_metrics(tiny_data, tmp_path):
     subprocess.run([sys.executable, "-c", RUNNER], env={**env, "ADVMOE_RESULTS": str(other)}, check=True)
     straight = json.loads((ex.result_dir(spec, other) / "metrics.json").read_text())
     assert _comparable(resumed) == _comparable(straight)
+
+
+def _bn_statistics(model):
+    return [b.clone() for n, b in model.named_buffers() if "running" in n]
+
+
+@pytest.mark.parametrize("method,trained,fixed", [("at-routers", router_parameters, backbone_parameters),
+                                                  ("at-backbone", backbone_parameters, router_parameters)])
+def test_partial_at_trains_only_its_part_and_fixes_the_rest_with_its_batchnorm(method, trained, fixed):
+    torch.manual_seed(0)
+    router = "shared" if method == "at-backbone" else "per-layer"  # the shared router has BatchNorms of its own
+    model = create_model("resnet18", "moe", 0.5, 2, base_width=8, router=router)
+    spec = _spec(method, router=router, parent=_spec("standard", router=router))
+    optimizers = make_optimizers(model, spec)
+    assert {id(p) for p in optimizers["all"].param_groups[0]["params"]} == {id(p) for p in trained(model)}
+    before_t, before_f, stats = _snapshot(trained(model)), _snapshot(fixed(model)), _bn_statistics(model)
+    iteration(model, optimizers, _batch(0), None, spec)
+    assert any(_changed(before_t, trained(model))) and not any(_changed(before_f, fixed(model)))
+    moved = [not torch.equal(a, b) for a, b in zip(stats, _bn_statistics(model))]
+    if method == "at-routers":  # every BatchNorm belongs to the fixed backbone: none of their statistics move
+        assert not any(moved)
+    else:  # the backbone's BatchNorms train; the shared router's (fixed) do not
+        names = [n for n, _ in model.named_buffers() if "running" in n]
+        router_stats = [m for n, m in zip(names, moved) if n.startswith("shared_router")]
+        assert router_stats and not any(router_stats) and any(moved)
+
+
+def test_advmoe_router_step_moves_the_batchnorm_statistics_as_the_authors_code_does():
+    torch.manual_seed(0)
+    spec = _spec("advmoe")
+    model = create_model("resnet18", "moe", 0.5, 2, base_width=8)
+    optimizers = make_optimizers(model, spec)
+    stats = _bn_statistics(model)
+    trades_step(model, router_parameters(model), optimizers["router"], *_batch(0), spec)
+    assert any(not torch.equal(a, b) for a, b in zip(stats, _bn_statistics(model)))

@@ -215,7 +215,9 @@ def moe_layers(model: nn.Module) -> dict[str, MoEConv2d]:
 
 
 def is_router_parameter(name: str) -> bool:
-    return "router" in name.split(".")
+    """A parameter of a per-layer router ("...conv1.router.fc.weight") or of the shared one ("shared_router....")."""
+    parts = name.split(".")
+    return "router" in parts or parts[0] == "shared_router"
 
 
 def router_parameters(model: nn.Module) -> list[nn.Parameter]:
