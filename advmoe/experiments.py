@@ -25,7 +25,7 @@ from .attacks import check_attack
 from .evaluate import evaluate
 from .io import atomic_write_json, file_sha256, read_json, state_sha256
 from .models import check_model_args, create_model
-from .train import METHODS, PARTIAL, train
+from .train import METHODS, PARTIAL, start_from, train
 
 PRESETS = ("smoke", "cpu", "paper")
 TABLE1 = (  # (label, kind, method, scale): the paper's Table 1 rows for one (dataset, backbone) cell
@@ -96,14 +96,27 @@ class ExperimentSpec:
                              f"({'two batches' if self.method == 'advmoe' else 'one batch'}), got {self.train_subset!r}")
         if self.test_subset is not None and (not isinstance(self.test_subset, int) or self.test_subset < 1):
             raise ValueError(f"test_subset must be None (all) or an integer >= 1, got {self.test_subset!r}")
-        if self.method in PARTIAL and self.kind != "moe":
-            raise ValueError(f"method {self.method!r} trains part of an MoE model (kind 'moe'), not kind {self.kind!r}")
+        needs = "sparse" if self.method.startswith("hydra") else "moe"
+        if self.method in PARTIAL and self.kind != needs:
+            raise ValueError(f"method {self.method!r} trains part of a {needs} model (kind {needs!r}), not kind "
+                             f"{self.kind!r}")
+        if self.kind == "sparse" and not self.method.startswith("hydra"):
+            raise ValueError(f"kind 'sparse' is trained by HYDRA: method 'hydra-mask' then 'hydra-finetune', "
+                             f"not {self.method!r}")
         if self.method in PARTIAL and self.parent is None:
             raise ValueError(f"method {self.method!r} starts from a trained model: give parent=<the spec it starts from>")
         if self.parent is not None:
             if not isinstance(self.parent, ExperimentSpec):
                 raise ValueError(f"parent must be an ExperimentSpec or None, got {type(self.parent).__name__}")
-            differ = [f for f in CHAIN_FIELDS if getattr(self.parent, f) != getattr(self, f)]
+            shared = CHAIN_FIELDS
+            if self.method == "hydra-mask":  # a Sparse model learns its mask over a Dense parent's weights
+                if self.parent.kind != "dense":
+                    raise ValueError(f"method 'hydra-mask' starts from a Dense model (kind 'dense'), not "
+                                     f"{self.parent.name}")
+                shared = tuple(f for f in CHAIN_FIELDS if f not in ("kind", "scale"))
+            if self.method == "hydra-finetune" and self.parent.method != "hydra-mask":
+                raise ValueError(f"method 'hydra-finetune' starts from a 'hydra-mask' experiment, not {self.parent.name}")
+            differ = [f for f in shared if getattr(self.parent, f) != getattr(self, f)]
             if differ:
                 raise ValueError(f"parent {self.parent.name} differs in {', '.join(differ)}; a chained experiment "
                                  f"starts from its parent's weights and data, so {', '.join(CHAIN_FIELDS)} must match")
@@ -175,6 +188,16 @@ def preset_seeds(preset: str) -> tuple[int, ...]:
 def make_spec(preset: str, kind: str, method: str, scale: float = 1.0, **overrides) -> ExperimentSpec:
     return ExperimentSpec(preset=preset, kind=kind, method=method, scale=scale,
                           **{**preset_settings(preset), **overrides})
+
+
+def hydra_chain(preset: str, scale: float, dense_method: str = "at", finetune: bool = True,
+                **overrides) -> ExperimentSpec:
+    """AT (Sparse) as HYDRA trains it: a Dense model (`dense_method`), its mask learned with TRADES (weights fixed),
+    then its weights fine-tuned with TRADES (mask fixed). finetune=False stops after the mask (Fig. 3's M3 over a
+    standard-trained Dense)."""
+    dense = make_spec(preset, "dense", dense_method, 1.0, **overrides)
+    mask = make_spec(preset, "sparse", "hydra-mask", scale, parent=dense, **overrides)
+    return make_spec(preset, "sparse", "hydra-finetune", scale, parent=mask, **overrides) if finetune else mask
 
 
 def table1(preset: str, seeds: tuple[int, ...] | None = None, **overrides) -> list[ExperimentSpec]:
@@ -280,7 +303,7 @@ def run(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, pro
         model = create_model(spec.backbone, spec.kind, spec.scale, spec.n_experts, spec.num_classes, spec.router,
                              spec.base_width).to(dev)
         if parent is not None:
-            model.load_state_dict(parent)
+            start_from(model, parent, spec)
         for pattern in (*EVALUATIONS, ".*.tmp"):  # evaluations of an earlier model; temp files of a killed write
             for stale in out.glob(pattern):
                 stale.unlink()
@@ -461,8 +484,9 @@ def get(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, rec
 
 def relative_cost(spec: ExperimentSpec) -> float:
     """A rough training cost, to start the longest experiments first (measured: AdvMoE ~2x AT(MoE) ~1.4x AT(S-Dense))."""
-    per_step = {"standard": 0.3, "at": 1.0, "advmoe": 2.0, "at-routers": 0.8, "at-backbone": 1.0}[spec.method]
-    return per_step * {"dense": 1.0, "s-dense": 0.5, "moe": 0.8}[spec.kind] * spec.epochs * (spec.train_subset or 50_000)
+    per_step = {"standard": 0.3, "at": 1.0, "advmoe": 2.0, "at-routers": 0.8, "at-backbone": 1.0, "hydra-mask": 0.8,
+                "hydra-finetune": 1.0}[spec.method]
+    return per_step * {"dense": 1.0, "s-dense": 0.5, "moe": 0.8, "sparse": 1.0}[spec.kind] * spec.epochs * (spec.train_subset or 50_000)
 
 
 def _interrupt(signum, frame):

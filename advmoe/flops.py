@@ -3,7 +3,8 @@
 The paper's Table 1 gives 0.54 "GFLOPS" for CIFAR ResNet-18, which is its number of
 multiply-accumulates (MACs); we report MACs / 1e9 under the same name. Convolutions and linear
 layers are counted (BatchNorm, ReLU, pooling and additions are not, as is customary). An MoE conv
-counts one expert (r*C_out x r*C_in) plus its router: the pathway a single example executes.
+counts one expert (r*C_out x r*C_in) plus its router: the pathway a single example executes. A Sparse
+model is counted on the network it executes without its removed channels (`advmoe.models.compact`).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from .models.moe import MoEConv2d
+from .models.sparse import compact, masks
 
 
 def conv_macs(c_in: int, c_out: int, k: int, h_out: int, w_out: int, groups: int = 1) -> int:
@@ -19,6 +21,8 @@ def conv_macs(c_in: int, c_out: int, k: int, h_out: int, w_out: int, groups: int
 
 def gflops(model: nn.Module, input_size=(3, 32, 32)) -> float:
     """Analytic MACs per example / 1e9; one forward of a single dummy example fixes the spatial sizes."""
+    if masks(model):
+        model = compact(model)
     macs = []
 
     def count(module, inputs, output):

@@ -11,6 +11,9 @@ is written once:
   at-routers   TRADES on the routers only (phi), the backbone (psi) fixed: its weights and its BatchNorm
                statistics (Sec. 4: "fix psi at its standard weights"). Starts from a parent experiment.
   at-backbone  TRADES on the backbone only, the routers fixed (the same way). Starts from a parent.
+  hydra-mask      AT (Sparse), stage 1 (HYDRA): TRADES on the channel-mask scores only, the weights and their
+                  BatchNorm statistics fixed. Starts from a Dense parent; scores from its weights.
+  hydra-finetune  AT (Sparse), stage 2: TRADES on the weights, the mask fixed. Starts from a hydra-mask parent.
 """
 from __future__ import annotations
 
@@ -29,10 +32,12 @@ from .attacks import pgd
 from .evaluate import accuracy
 from .io import atomic_torch_save, load_checkpoint
 from .losses import trades_loss
-from .models import backbone_parameters, router_parameters
+from .models import (backbone_parameters, init_scores_from_weights, mask_parameters, router_parameters,
+                     weight_parameters)
 
-METHODS = ("standard", "at", "advmoe", "at-routers", "at-backbone")
-PARTIAL = {"at-routers": router_parameters, "at-backbone": backbone_parameters}  # method -> what it trains
+METHODS = ("standard", "at", "advmoe", "at-routers", "at-backbone", "hydra-mask", "hydra-finetune")
+PARTIAL = {"at-routers": router_parameters, "at-backbone": backbone_parameters,  # method -> what it trains
+           "hydra-mask": mask_parameters, "hydra-finetune": weight_parameters}
 
 
 @contextlib.contextmanager
@@ -45,8 +50,9 @@ def only_training(model: nn.Module, params: list[nn.Parameter], fixed_statistics
     flags = [(p, p.requires_grad) for p in model.parameters()]
     model.train()
     if fixed_statistics:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(id(p) in chosen for p in m.parameters()):
+        for m in model.modules():  # a BatchNorm's own parameters (a masked one also holds its mask's scores)
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
+                    id(p) in chosen for p in m.parameters(recurse=False)):
                 m.eval()
     for p, _ in flags:
         p.requires_grad_(id(p) in chosen)
@@ -104,6 +110,19 @@ def iteration(model, optimizers, batch, other_batch, spec) -> tuple[float, float
     trades_step(model, router_parameters(model), optimizers["router"], *other_batch, spec)
     # Algorithm 1, line 5: upper level, backbone psi on batch B_psi with the routers phi fixed.
     return trades_step(model, backbone_parameters(model), optimizers["backbone"], x, y, spec)
+
+
+def start_from(model: nn.Module, parent_state: dict, spec) -> None:
+    """Load a chained experiment's starting weights. hydra-mask starts a Sparse model from a Dense parent: every
+    weight loads, the mask scores (which the parent lacks) start from those weights (HYDRA's scaled init)."""
+    if spec.method != "hydra-mask":
+        model.load_state_dict(parent_state)
+        return
+    result = model.load_state_dict(parent_state, strict=False)
+    if result.unexpected_keys or any(not k.endswith("mask.scores") for k in result.missing_keys):
+        raise ValueError(f"the parent's weights do not fit a Sparse model: unexpected {result.unexpected_keys}, "
+                         f"missing {[k for k in result.missing_keys if not k.endswith('mask.scores')]}")
+    init_scores_from_weights(model)
 
 
 def cosine(total_iterations: int):

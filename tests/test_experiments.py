@@ -188,7 +188,7 @@ def test_autoattack_eval_is_stored_reused_and_dropped_on_retrain(tiny_data):
 
 
 @pytest.mark.parametrize("changes,needle", [
-    (dict(method="at-routers", kind="s-dense"), "trains part of an MoE model (kind 'moe')"),
+    (dict(method="at-routers", kind="s-dense"), "trains part of a moe model (kind 'moe')"),
     (dict(method="at-routers"), "give parent=<the spec it starts from>"),
     (dict(method="at-backbone", parent="standard"), "parent must be an ExperimentSpec"),
     (dict(method="at-routers", parent=dict(scale=0.25)), "differs in scale"),

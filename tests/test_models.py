@@ -6,16 +6,17 @@ from torch.utils.flop_counter import FlopCounterMode
 import advmoe
 from advmoe.bench import mixed_routing
 from advmoe.flops import gflops
-from advmoe.models import (MoEConv2d, backbone_parameters, create_model, dense_reference, list_models, moe_layers,
+from advmoe.models import (MoEConv2d, compact, backbone_parameters, create_model, dense_reference, list_models, moe_layers,
                            record_routing, router_parameters)
 
-KIND_ARGS = {"dense": dict(scale=1.0), "s-dense": dict(scale=0.5), "moe": dict(scale=0.5, n_experts=2)}
+KIND_ARGS = {"dense": dict(scale=1.0), "s-dense": dict(scale=0.5), "moe": dict(scale=0.5, n_experts=2),
+             "sparse": dict(scale=0.5)}
 REGISTRY = [(name.rsplit("-", 1)[0] if not name.endswith("s-dense") else name[:-len("-s-dense")],
              name[len(name.split("-")[0]) + 1:]) for name in list_models()]
 
 
 def test_registry_lists_every_kind():
-    assert set(list_models("resnet18-*")) == {"resnet18-dense", "resnet18-s-dense", "resnet18-moe"}
+    assert set(list_models("resnet18-*")) == {"resnet18-dense", "resnet18-s-dense", "resnet18-moe", "resnet18-sparse"}
     assert list_models("nothing*") == []
 
 
@@ -91,14 +92,15 @@ def test_unchosen_expert_gets_no_gradient():
 @pytest.mark.parametrize("router", ["per-layer", "shared"])
 def test_analytic_flops_match_flop_counter(backbone, kind, router):
     model = create_model(backbone, kind, router=router, **KIND_ARGS[kind]).eval()
+    executed = compact(model) if kind == "sparse" else model  # Sparse runs without its removed channels
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.rand(1, 3, 32, 32))
+        executed(torch.rand(1, 3, 32, 32))
     assert gflops(model) == pytest.approx(counter.get_total_flops() / 2e9, rel=1e-6)  # the counter counts 2 per MAC
 
 
 def test_flops_match_paper_table1():
-    # Table 1, ResNet-18 on CIFAR-10: Dense 0.54, S-Dense 0.14, MoE 0.15 GFLOPs (r = 0.5, N = 2)
-    paper = {"dense": 0.54, "s-dense": 0.14, "moe": 0.15}
+    # Table 1, ResNet-18 on CIFAR-10: Dense 0.54, S-Dense 0.14, Sparse 0.14, MoE 0.15 GFLOPs (r = 0.5, N = 2)
+    paper = {"dense": 0.54, "s-dense": 0.14, "sparse": 0.14, "moe": 0.15}
     ours = {k: gflops(create_model("resnet18", k, **KIND_ARGS[k])) for k in paper}
     for k in paper:
         assert ours[k] == pytest.approx(paper[k], rel=0.10), (k, ours[k])
@@ -139,7 +141,8 @@ def test_parameter_split():
 
 @pytest.mark.parametrize("kwargs,needle", [
     (dict(backbone="resnet50", kind="moe"), "allowed: resnet18"),
-    (dict(backbone="resnet18", kind="sparse"), "allowed: dense, s-dense, moe"),
+    (dict(backbone="resnet18", kind="pruned"), "allowed: dense, s-dense, moe, sparse"),
+    (dict(backbone="resnet18", kind="sparse", scale=1.0), "r in (0, 1)"),
     (dict(backbone="resnet18", kind="moe", scale=0.0), "(0, 1]"),
     (dict(backbone="resnet18", kind="moe", scale=1.5), "(0, 1]"),
     (dict(backbone="resnet18", kind="dense", scale=0.5), "s-dense"),

@@ -14,9 +14,10 @@ from .moe import (MoEConv2d, Router, RoutedNet, Routes, SharedRouter, backbone_p
                   fixed_routing, forced_expert, moe_layers, record_routing, router_parameters,
                   soft_routing)
 from .resnet import resnet18
+from .sparse import compact, init_scores_from_weights, mask_factory, mask_parameters, masks, weight_parameters
 
 BACKBONES = {"resnet18": (resnet18, 64)}  # name -> (constructor, paper base width)
-KINDS = ("dense", "s-dense", "moe")
+KINDS = ("dense", "s-dense", "moe", "sparse")
 ROUTERS = ("per-layer", "shared")
 
 
@@ -33,6 +34,8 @@ def check_model_args(backbone: str, kind: str, scale: float, n_experts: int, rou
         raise ValueError(f"unknown kind {kind!r}; allowed: {', '.join(KINDS)}")
     if not isinstance(scale, (int, float)) or not 0 < scale <= 1:
         raise ValueError(f"scale must be in (0, 1], got {scale!r}")
+    if kind == "sparse" and scale == 1:
+        raise ValueError("kind 'sparse' keeps a fraction r in (0, 1) of each layer's channels; r = 1 is kind 'dense'")
     if kind == "dense" and scale != 1:
         raise ValueError(f"kind 'dense' is the full-width model (scale 1); use kind 's-dense' for scale {scale}")
     if not isinstance(n_experts, int) or n_experts < 1:
@@ -47,20 +50,25 @@ def check_model_args(backbone: str, kind: str, scale: float, n_experts: int, rou
 
 def create_model(backbone: str, kind: str, scale: float = 1.0, n_experts: int = 2, num_classes: int = 10,
                  router: str = "per-layer", base_width: int | None = None) -> RoutedNet:
-    """Dense (r = 1), S-Dense (every width times r) or MoE (S-Dense widths, 3x3 block convs of N experts).
+    """Dense (r = 1), S-Dense (every width times r), MoE (S-Dense widths, 3x3 block convs of N experts) or
+    Sparse (Dense widths, a channel mask keeping r of each layer's channels: `advmoe.models.sparse`).
 
     base_width defaults to the paper's (64 for ResNet-18); smaller values give the cheaper models of
     the `cpu` preset.
     """
     check_model_args(backbone, kind, scale, n_experts, router, num_classes, base_width)
     build, paper_width = BACKBONES[backbone]
-    width = scaled(base_width or paper_width, scale)
+    width = scaled(base_width or paper_width, 1.0 if kind == "sparse" else scale)
 
     def make_conv(c_in: int, c_out: int, stride: int) -> nn.Module:
         if kind == "moe":
             return MoEConv2d(c_in, c_out, n_experts, 3, stride, 1, router=router == "per-layer")
         return nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
 
+    if kind == "sparse":
+        model = build([width], num_classes, make_conv, make_norm=mask_factory(scale, width))
+        model.sparse_spec = (backbone, scale, num_classes, base_width)  # what `compact` rebuilds
+        return model
     model = build([width], num_classes, make_conv)
     if kind == "moe" and router == "shared":
         model.shared_router = SharedRouter(n_experts)
@@ -76,4 +84,5 @@ def list_models(pattern: str = "*") -> list[str]:
 __all__ = ["create_model", "list_models", "check_model_args", "BACKBONES", "KINDS", "ROUTERS", "MoEConv2d",
            "Router", "SharedRouter", "RoutedNet", "Routes", "record_routing", "dense_reference", "soft_routing",
            "fixed_routing", "forced_expert", "moe_layers",
-           "router_parameters", "backbone_parameters"]
+           "router_parameters", "backbone_parameters", "compact", "init_scores_from_weights", "mask_parameters",
+           "masks", "weight_parameters"]

@@ -1,7 +1,9 @@
 """CIFAR ResNet-18 (3x3 stem, no max-pool; the implementation the paper cites, Appendix B [71]).
 
-One definition serves Dense, S-Dense and MoE: `make_conv` decides what a 3x3 conv of a residual
-block is (a plain conv, or an MoE conv of N experts), and every width is already scaled by r.
+One definition serves Dense, S-Dense, MoE and Sparse: `make_conv` decides what a 3x3 conv of a residual
+block is (a plain conv, or an MoE conv of N experts), `make_norm` what follows a conv (a BatchNorm, or a
+BatchNorm with a channel mask; `stream` says whether the layer writes the stage's residual stream), and
+every width is already scaled by r.
 """
 from __future__ import annotations
 
@@ -13,17 +15,22 @@ from torch import nn
 from .moe import RoutedNet
 
 MakeConv = Callable[[int, int, int], nn.Module]  # (in_channels, out_channels, stride) -> 3x3 conv
+MakeNorm = Callable[[int, bool], nn.Module]  # (channels, writes the residual stream?) -> normalisation layer
+
+
+def batch_norm(channels: int, stream: bool) -> nn.Module:
+    return nn.BatchNorm2d(channels)
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int, make_conv: MakeConv):
+    def __init__(self, c_in: int, c_out: int, stride: int, make_conv: MakeConv, make_norm: MakeNorm = batch_norm):
         super().__init__()
-        self.conv1, self.bn1 = make_conv(c_in, c_out, stride), nn.BatchNorm2d(c_out)
-        self.conv2, self.bn2 = make_conv(c_out, c_out, 1), nn.BatchNorm2d(c_out)
+        self.conv1, self.bn1 = make_conv(c_in, c_out, stride), make_norm(c_out, False)
+        self.conv2, self.bn2 = make_conv(c_out, c_out, 1), make_norm(c_out, True)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = nn.Sequential()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), make_norm(c_out, True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -32,16 +39,17 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(RoutedNet):
-    def __init__(self, widths: list[int], num_classes: int, make_conv: MakeConv, blocks=(2, 2, 2, 2)):
+    def __init__(self, widths: list[int], num_classes: int, make_conv: MakeConv, blocks=(2, 2, 2, 2),
+                 make_norm: MakeNorm = batch_norm):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), make_norm(widths[0], True),
                                   nn.ReLU(inplace=True))
         stages, c_in = [], widths[0]
         for i, (c_out, n) in enumerate(zip(widths, blocks)):
             stride = 1 if i == 0 else 2
             stage = []
             for j in range(n):
-                stage.append(BasicBlock(c_in, c_out, stride if j == 0 else 1, make_conv))
+                stage.append(BasicBlock(c_in, c_out, stride if j == 0 else 1, make_conv, make_norm))
                 c_in = c_out
             stages.append(nn.Sequential(*stage))
         self.layers = nn.Sequential(*stages)
@@ -51,6 +59,6 @@ class ResNet18(RoutedNet):
         return self.fc(self.layers(self.stem(x)).mean((2, 3)))
 
 
-def resnet18(widths: list[int], num_classes: int, make_conv: MakeConv) -> ResNet18:
+def resnet18(widths: list[int], num_classes: int, make_conv: MakeConv, make_norm: MakeNorm = batch_norm) -> ResNet18:
     base = widths[0]
-    return ResNet18([base, 2 * base, 4 * base, 8 * base], num_classes, make_conv)
+    return ResNet18([base, 2 * base, 4 * base, 8 * base], num_classes, make_conv, make_norm=make_norm)

@@ -1,0 +1,98 @@
+"""AT (Sparse): the structured HYDRA model, its masks, its compact form and its two training stages."""
+import pytest
+import torch
+
+from advmoe import experiments as ex
+from advmoe.flops import gflops
+from advmoe.models import compact, create_model, init_scores_from_weights, mask_parameters, masks, weight_parameters
+
+
+def _sparse(scale, seed=0):
+    torch.manual_seed(seed)
+    model = create_model("resnet18", "sparse", scale, base_width=8)
+    model.load_state_dict(create_model("resnet18", "dense", 1.0, base_width=8).state_dict(), strict=False)
+    init_scores_from_weights(model)
+    with torch.no_grad():
+        for m in masks(model):
+            m.scores.add_(torch.randn_like(m.scores))  # some other channels than the largest weights
+    model.train()
+    for _ in range(2):
+        model(torch.rand(16, 3, 32, 32))  # BatchNorm statistics away from their initial values
+    return model.eval()
+
+
+@pytest.mark.parametrize("scale", [0.2, 0.5, 0.8])
+def test_compact_network_computes_the_same_outputs(scale):
+    model = _sparse(scale)
+    x = torch.rand(8, 3, 32, 32)
+    small = compact(model).eval()
+    assert torch.allclose(model(x), small(x), atol=1e-5)
+    assert all(m().sum() == m.keep for m in masks(model))
+
+
+def test_removed_channels_are_zero_and_the_residual_stream_shares_its_mask():
+    model = _sparse(0.5)
+    outputs = []
+    hooks = [b.register_forward_hook(lambda m, i, o: outputs.append((m, o))) for stage in model.layers for b in stage]
+    model(torch.rand(4, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    for block, out in outputs:
+        removed = block.bn2.mask() == 0
+        assert block.bn2.mask is (block.shortcut[1].mask if len(block.shortcut) else block.bn2.mask)
+        assert removed.any() and out[:, removed].abs().max() == 0
+    assert len({id(m) for m in masks(model)}) == 4 + 8  # a stream mask per stage, one per block's first conv
+
+
+def test_gflops_are_counted_on_the_executed_network_and_match_table1():
+    sparse, dense = create_model("resnet18", "sparse", 0.5), create_model("resnet18", "dense")
+    assert gflops(sparse) == pytest.approx(gflops(create_model("resnet18", "s-dense", 0.5)))
+    assert gflops(sparse) == pytest.approx(0.14, rel=0.10)  # Table 1: AT (Sparse) 0.14 at r = 0.5
+    assert gflops(sparse) / gflops(dense) == pytest.approx(0.25, rel=0.02)
+
+
+def test_mask_scores_get_the_straight_through_gradient():
+    model = _sparse(0.5).train()
+    model(torch.rand(4, 3, 32, 32)).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mask_parameters(model))
+
+
+@pytest.mark.parametrize("changes,needle", [
+    (dict(kind="sparse", method="at", scale=0.5), "trained by HYDRA"),
+    (dict(kind="sparse", method="hydra-mask", scale=1.0), "r in (0, 1)"),
+    (dict(kind="moe", method="hydra-mask", scale=0.5), "kind 'sparse'"),
+])
+def test_bad_sparse_spec_fails_before_compute(changes, needle):
+    with pytest.raises(ValueError) as e:
+        ex.ExperimentSpec(**{**dict(preset="smoke"), **changes})
+    assert needle in str(e.value)
+
+
+def test_hydra_parents_must_be_dense_then_mask():
+    moe = ex.make_spec("smoke", "moe", "at", 0.5)
+    with pytest.raises(ValueError, match="starts from a Dense model"):
+        ex.make_spec("smoke", "sparse", "hydra-mask", 0.5, parent=moe)
+    dense = ex.make_spec("smoke", "dense", "at", 1.0)
+    with pytest.raises(ValueError, match="starts from a 'hydra-mask' experiment"):
+        ex.make_spec("smoke", "sparse", "hydra-finetune", 0.5, parent=ex.make_spec("smoke", "sparse", "hydra-finetune", 0.5,
+                     parent=ex.make_spec("smoke", "sparse", "hydra-mask", 0.5, parent=dense)))
+
+
+def test_hydra_stages_train_the_mask_then_the_weights(tiny_data):
+    small = dict(dataset="cifar10", epochs=1, train_subset=64, batch_size=32, test_subset=16, eval_steps=1)
+    finetune = ex.hydra_chain("smoke", 0.5, **small)
+    mask_spec, dense_spec = finetune.parent, finetune.parent.parent
+    metrics = ex.get(finetune, progress=False)  # trains the Dense parent, the mask, then the fine-tuning
+    dense, mask, tuned = (ex.load_model(s) for s in (dense_spec, mask_spec, finetune))
+    # stage 1: weights and BatchNorm statistics as the Dense parent's; the mask moved away from its initial scores
+    assert all(torch.equal(p, q) for p, q in zip(weight_parameters(dense), weight_parameters(mask)))
+    dense_buffers = dict(dense.named_buffers())
+    assert all(torch.equal(b, dense_buffers[n]) for n, b in mask.named_buffers())
+    start = create_model("resnet18", "sparse", 0.5, base_width=8)
+    start.load_state_dict(dense.state_dict(), strict=False)
+    init_scores_from_weights(start)
+    assert any(not torch.equal(p, q) for p, q in zip(mask_parameters(start), mask_parameters(mask)))
+    # stage 2: the mask fixed, the weights trained
+    assert all(torch.equal(a.kept(), b.kept()) for a, b in zip(masks(mask), masks(tuned)))
+    assert any(not torch.equal(p, q) for p, q in zip(weight_parameters(mask), weight_parameters(tuned)))
+    assert metrics["final"]["gflops"] == pytest.approx(gflops(create_model("resnet18", "s-dense", 0.5, base_width=8)))
