@@ -160,3 +160,29 @@ def test_router_parameters_include_the_shared_router():
     phi = {id(p) for p in router_parameters(model)}
     assert phi == {id(p) for p in model.shared_router.parameters()}
     assert not phi & {id(p) for p in backbone_parameters(model)}
+
+
+@pytest.mark.parametrize("n_experts,scale", [(2, 0.2), (5, 0.5), (10, 0.8), (3, 0.5)])
+def test_moe_at_any_expert_number_and_scale(n_experts, scale):
+    """Sparse execution equals the dense+mask reference (outputs, parameter and input gradients) for N * r below,
+    at and above 1, and the FLOPs are one pathway's: those of S-Dense at the same r plus the routers."""
+    torch.manual_seed(0)
+    model = mixed_routing(create_model("resnet18", "moe", scale, n_experts, base_width=8))
+    x, y = torch.rand(2 * n_experts + 3, 3, 32, 32).requires_grad_(), torch.randint(0, 10, (2 * n_experts + 3,))
+    results = []
+    for reference in (False, True):
+        model.zero_grad()
+        x.grad = None
+        torch.manual_seed(1)
+        with (dense_reference(model) if reference else torch.enable_grad()), record_routing(model) as routes:
+            out = model(x)
+            F.cross_entropy(out, y).backward()
+        results.append((out.detach(), {**_grads(model), "input": x.grad.clone()}, routes))
+    (out_s, g_s, routes), (out_d, g_d, _) = results
+    assert max(len(set(c.tolist())) for c in routes.values()) > 2 or n_experts == 2
+    assert torch.allclose(out_s, out_d, atol=1e-5)
+    for n in g_s:
+        assert torch.allclose(g_s[n], g_d[n], atol=1e-5, rtol=1e-4), n
+    moe, small = create_model("resnet18", "moe", scale, n_experts), create_model("resnet18", "s-dense", scale)
+    routers = sum(m.router.fc.in_features * n_experts for m in moe_layers(moe).values()) / 1e9
+    assert gflops(moe) == pytest.approx(gflops(small) + routers, rel=1e-9)
