@@ -328,7 +328,7 @@ def run(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, pro
     return atomic_write_json(metrics, out / "metrics.json")
 
 
-EVALUATIONS = ("eps-sweep-*.json", "autoattack-*.json", "audit-*.json", "worst-case-*.json")  # stored beside metrics.json
+EVALUATIONS = ("eps-sweep-*.json", "autoattack-*.json", "audit-*.json", "worst-case-*.json", "dissection-*.json")  # stored beside metrics.json
 
 
 def read_evaluation(path: Path, spec: ExperimentSpec, root: Path | None = None) -> dict | None:
@@ -431,6 +431,24 @@ def eps_sweep(spec: ExperimentSpec, eps_grid: list[float], steps: int | None = N
                 "n_test": len(test_data)}
 
     return evaluation(spec, f"eps-sweep-{key}.json", compute, device, root, recompute, progress)
+
+
+def dissection(spec: ExperimentSpec, steps: int | None = None, device: str = "cpu", root: Path | None = None,
+               recompute: bool = False, progress: bool = True) -> dict:
+    """Fig. 4/5's dissection of a trained MoE model (`advmoe.dissect`) under PGD-CE at the spec's eval eps, on its
+    test set, stored as dissection-<steps>.json beside its metrics."""
+    from .dissect import dissect
+
+    if spec.kind != "moe":
+        raise ValueError(f"the dissection compares MoE routing; {spec.name} is kind {spec.kind!r}, not 'moe'")
+    steps = spec.eval_steps if steps is None else steps
+    check_attack(spec.eval_eps, spec.eval_step_size, steps)
+
+    def compute(model, dev):
+        test_data = datalib.load(spec.dataset, "test", subset=spec.test_subset, seed=SUBSET_SEED)
+        return dissect(model, test_data, dev, spec.eval_eps, spec.eval_step_size, steps, progress=progress)
+
+    return evaluation(spec, f"dissection-pgd{steps}.json", compute, device, root, recompute, progress)
 
 
 def autoattack_settings(preset: str) -> tuple[str, int | None]:
