@@ -25,7 +25,7 @@ from .attacks import check_attack
 from .evaluate import evaluate
 from .io import atomic_write_json, file_sha256, read_json, state_sha256
 from .models import check_model_args, create_model
-from .train import METHODS, PARTIAL, start_from, train
+from .train import METHODS, PARTIAL, start_from, train, trajectory_settings
 
 PRESETS = ("smoke", "cpu", "paper")
 TABLE1 = (  # (label, kind, method, scale): the paper's Table 1 rows for one (dataset, backbone) cell
@@ -307,7 +307,8 @@ def run(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, pro
         for pattern in (*EVALUATIONS, ".*.tmp"):  # evaluations of an earlier model; temp files of a killed write
             for stale in out.glob(pattern):
                 stale.unlink()
-        history = train(spec, model, train_data, test_data, out, dev, progress, position)
+        history = train(spec, model, train_data, test_data, out, dev, progress, position,
+                        track=trajectory_settings(spec.preset))
         t1 = time.perf_counter()
         final = evaluate(model, test_data, spec, dev, progress)
         t2 = time.perf_counter()

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from . import data as datalib
 from .attacks import pgd
-from .evaluate import accuracy
+from .evaluate import accuracy, robust_accuracy
 from .io import atomic_torch_save, load_checkpoint
 from .losses import trades_loss
 from .models import (backbone_parameters, init_scores_from_weights, mask_parameters, router_parameters,
@@ -129,11 +129,22 @@ def cosine(total_iterations: int):
     return lambda it: 0.5 * (1 + math.cos(math.pi * min(it, total_iterations) / total_iterations))
 
 
+def trajectory_settings(preset: str) -> tuple[int, int]:
+    """(test images, PGD steps) of the robust accuracy tracked after every epoch (Fig. A2). cpu: PGD-10 on 200
+    images, about a tenth of an epoch's training time."""
+    return {"smoke": (16, 2), "cpu": (200, 10), "paper": (1000, 10)}[preset]
+
+
 def train(spec, model: nn.Module, train_data: datalib.ImageData, test_data: datalib.ImageData, workdir: Path,
-          device: torch.device, progress: bool = True, position: int = 0) -> list[dict]:
+          device: torch.device, progress: bool = True, position: int = 0,
+          track: tuple[int, int] | None = None) -> list[dict]:
     """Train `model` by `spec.method`, checkpointing atomically after every epoch; resume if a checkpoint exists.
 
-    Returns the per-epoch history.
+    Returns the per-epoch history: training loss and accuracy, test SA on the whole test set and, with
+    track=(n, steps), RA against PGD-`steps` (CE, eval eps and step size) on a fixed, class-balanced subset of n
+    test images. The tracking attack draws its random start from a generator of its own and runs in eval mode, so
+    it changes neither the training randomness nor the BatchNorm statistics: the weights are those of an
+    untracked run (tested).
     """
     n_iter = len(train_data) // spec.batch_size
     optimizers = make_optimizers(model, spec)
@@ -159,6 +170,7 @@ def train(spec, model: nn.Module, train_data: datalib.ImageData, test_data: data
         x = datalib.augment(train_data.images[idx], generator)
         return datalib.to_float(x, device), train_data.labels[idx].to(device)
 
+    tracked = test_data.subset(min(track[0], len(test_data)), 0) if track else None
     for epoch in range(start, spec.epochs):
         t0 = time.perf_counter()
         perm = torch.randperm(len(train_data), generator=generator)
@@ -182,6 +194,9 @@ def train(spec, model: nn.Module, train_data: datalib.ImageData, test_data: data
             "train_loss": sum(losses) / len(losses),
             "train_accuracy": sum(accs) / len(accs),
             "test_sa": accuracy(model, test_data, device, progress=False),
+            **({"test_ra_tracked": robust_accuracy(model, tracked, device, spec.eval_eps, spec.eval_step_size,
+                                                   track[1], seed=epoch, progress=False),
+                "tracked": {"n": len(tracked), "steps": track[1]}} if track else {}),
             "seconds": time.perf_counter() - t0,
         })
         atomic_torch_save({

@@ -40,8 +40,9 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
 
     walk("final", metrics["final"])
     for h in metrics["history"]:
-        for k in ("train_loss", "train_accuracy", "test_sa"):
-            out[f"history[{h['epoch']}].{k}"] = float(h[k])
+        for k in ("train_loss", "train_accuracy", "test_sa", "test_ra_tracked"):  # the last since tracking exists
+            if k in h:
+                out[f"history[{h['epoch']}].{k}"] = float(h[k])
     return out
 
 

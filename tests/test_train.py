@@ -160,3 +160,26 @@ def test_advmoe_router_step_moves_the_batchnorm_statistics_as_the_authors_code_d
     stats = _bn_statistics(model)
     trades_step(model, router_parameters(model), optimizers["router"], *_batch(0), spec)
     assert any(not torch.equal(a, b) for a, b in zip(stats, _bn_statistics(model)))
+
+
+def test_tracking_robust_accuracy_every_epoch_leaves_the_weights_unchanged(tiny_data, tmp_path):
+    from advmoe import data as datalib
+    from advmoe.io import state_sha256
+    from advmoe.train import train
+
+    spec = _spec("advmoe", epochs=2, train_subset=64, batch_size=16, test_subset=16, eval_steps=1)
+    train_data = datalib.load(spec.dataset, "train", subset=spec.train_subset, seed=0)
+    test_data = datalib.load(spec.dataset, "test", subset=spec.test_subset, seed=0)
+    runs = {}
+    for track in (None, (8, 2)):
+        torch.manual_seed(spec.seed)
+        model = create_model("resnet18", "moe", 0.5, 2, base_width=spec.base_width)
+        history = train(spec, model, train_data, test_data, tmp_path / str(track), torch.device("cpu"), progress=False,
+                        track=track)
+        runs[track] = (state_sha256(model.state_dict()), history, torch.get_rng_state())
+    (plain, h_plain, rng_plain), (tracked, h_tracked, rng_tracked) = runs[None], runs[(8, 2)]
+    assert plain == tracked and torch.equal(rng_plain, rng_tracked)
+    assert all("test_ra_tracked" not in h for h in h_plain)
+    assert [h["tracked"] for h in h_tracked] == [{"n": 8, "steps": 2}] * 2
+    assert all(0 <= h["test_ra_tracked"] <= 1 for h in h_tracked)
+    assert [h["train_loss"] for h in h_plain] == [h["train_loss"] for h in h_tracked]
