@@ -42,11 +42,8 @@ def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("router", ["per-layer", "shared"])
-def test_sparse_matches_dense_mask_reference(router):
-    torch.manual_seed(0)
-    model = mixed_routing(create_model("resnet18", "moe", 0.5, 3, router=router, base_width=8))
-    x, y = torch.rand(24, 3, 32, 32).requires_grad_(), torch.randint(0, 10, (24,))
+def _sparse_and_reference(model, x, y):
+    """(output, gradients of every parameter and of the input, routes) of a sparse pass and a dense+mask pass."""
     results = []
     for reference in (False, True):
         model.zero_grad()
@@ -56,7 +53,15 @@ def test_sparse_matches_dense_mask_reference(router):
             out = model(x)
             F.cross_entropy(out, y).backward()
         results.append((out.detach(), {**_grads(model), "input": x.grad.clone()}, routes))
-    (out_s, g_s, routes), (out_d, g_d, _) = results
+    return results
+
+
+@pytest.mark.parametrize("router", ["per-layer", "shared"])
+def test_sparse_matches_dense_mask_reference(router):
+    torch.manual_seed(0)
+    model = mixed_routing(create_model("resnet18", "moe", 0.5, 3, router=router, base_width=8))
+    x, y = torch.rand(24, 3, 32, 32).requires_grad_(), torch.randint(0, 10, (24,))
+    (out_s, g_s, routes), (out_d, g_d, _) = _sparse_and_reference(model, x, y)
     assert any(len(set(c.tolist())) > 1 for c in routes.values()), "routing must actually split the batch"
     assert torch.allclose(out_s, out_d, atol=1e-5)
     assert g_s.keys() == g_d.keys()
@@ -169,16 +174,7 @@ def test_moe_at_any_expert_number_and_scale(n_experts, scale):
     torch.manual_seed(0)
     model = mixed_routing(create_model("resnet18", "moe", scale, n_experts, base_width=8))
     x, y = torch.rand(2 * n_experts + 3, 3, 32, 32).requires_grad_(), torch.randint(0, 10, (2 * n_experts + 3,))
-    results = []
-    for reference in (False, True):
-        model.zero_grad()
-        x.grad = None
-        torch.manual_seed(1)
-        with (dense_reference(model) if reference else torch.enable_grad()), record_routing(model) as routes:
-            out = model(x)
-            F.cross_entropy(out, y).backward()
-        results.append((out.detach(), {**_grads(model), "input": x.grad.clone()}, routes))
-    (out_s, g_s, routes), (out_d, g_d, _) = results
+    (out_s, g_s, routes), (out_d, g_d, _) = _sparse_and_reference(model, x, y)
     assert max(len(set(c.tolist())) for c in routes.values()) > 2 or n_experts == 2
     assert torch.allclose(out_s, out_d, atol=1e-5)
     for n in g_s:
