@@ -190,6 +190,14 @@ def make_spec(preset: str, kind: str, method: str, scale: float = 1.0, **overrid
                           **{**preset_settings(preset), **overrides})
 
 
+def train_attack(steps: int, eps: float = 8 / 255) -> dict:
+    """The training attack with `steps` steps: the step size keeps steps x step = 1.25 eps, the paper preset's
+    total for 2 steps of 5/255 at eps 8/255 (so 10 steps take 1/255 each; Table A1)."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    return dict(train_steps=steps, train_step_size=1.25 * eps / steps)
+
+
 def hydra_chain(preset: str, scale: float, dense_method: str = "at", finetune: bool = True,
                 **overrides) -> ExperimentSpec:
     """AT (Sparse) as HYDRA trains it: a Dense model (`dense_method`), its mask learned with TRADES (weights fixed),

@@ -48,9 +48,14 @@ def check_params(preset: str, device: str, recompute: bool, names: dict | None =
     for name, values in lists.items():
         if not isinstance(values, (list, tuple)) or not values:
             raise ValueError(f"{name} must be a non-empty list, got {values!r}")
-        if name.startswith("eps") and not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                              and 0 <= v <= 255 for v in values):
+        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+        if name.startswith("eps") and not all(number(v) and 0 <= v <= 255 for v in values):
             raise ValueError(f"{name} must hold numbers in [0, 255] (eps in units of 1/255), got {values!r}")
+        if name.startswith("scale") and not all(number(v) and 0 < v <= 1 for v in values):
+            raise ValueError(f"{name} must hold model scales r in (0, 1], got {values!r}")
+        if name.startswith("experts") and not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                                  for v in values):
+            raise ValueError(f"{name} must hold expert numbers N, integers >= 1, got {values!r}")
 
 
 def cells(preset: str) -> list[tuple[str, str]]:

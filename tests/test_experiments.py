@@ -217,3 +217,11 @@ def test_a_chained_run_trains_its_parent_first_and_starts_from_its_weights(tiny_
     assert all(torch.equal(p, q) for p, q in zip(backbone_parameters(a), backbone_parameters(b)))  # psi fixed
     assert all(torch.equal(p, q) for (n, p), (_, q) in zip(a.named_buffers(), b.named_buffers()))  # BN stats too
     assert any(not torch.equal(p, q) for p, q in zip(router_parameters(a), router_parameters(b)))  # phi trained
+
+
+def test_ten_step_training_attack_differs_only_in_its_attack_fields():
+    two, ten = ex.make_spec("cpu", "moe", "advmoe", 0.5), ex.make_spec("cpu", "moe", "advmoe", 0.5, **ex.train_attack(10))
+    assert ex.train_attack(2) == dict(train_steps=2, train_step_size=pytest.approx(5 / 255))  # the preset's own
+    differ = {f for f in ex.dataclasses.fields(two) if getattr(two, f.name) != getattr(ten, f.name)}
+    assert {f.name for f in differ} == {"train_steps", "train_step_size"} and two.hash != ten.hash
+    assert ten.train_step_size == pytest.approx(1 / 255)
