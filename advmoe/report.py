@@ -423,6 +423,18 @@ def bars(df, metric: str, title: str, ax=None):
 
 
 FIG2_EPS = [2, 3, 4, 5, 6, 7, 8]  # the paper's attack strengths (/255); the Fig. 2 page's default eps_grid
+def sec4_specs(preset: str, scale: float, seed: int = 0) -> dict:
+    """The models of Sec. 4 (Fig. 3-5) at model scale r: M1 a standard-trained MoE; theta-bar its routers trained
+    with TRADES, backbone fixed at M1's weights; theta-bar-bar theta-bar's backbone then trained, routers fixed
+    (Fig. 5); M2 AT (S-Dense); M3 HYDRA's mask learned over a standard-trained Dense (weights fixed)."""
+    m1 = ex.make_spec(preset, "moe", "standard", scale, seed=seed)
+    theta_bar = ex.make_spec(preset, "moe", "at-routers", scale, parent=m1, seed=seed)
+    return {"M1": m1, "theta-bar": theta_bar,
+            "theta-bar-bar": ex.make_spec(preset, "moe", "at-backbone", scale, parent=theta_bar, seed=seed),
+            "M2": ex.make_spec(preset, "s-dense", "at", scale, seed=seed),
+            "M3": ex.hydra_chain(preset, scale, dense_method="standard", finetune=False, seed=seed)}
+
+
 FIG2_MODELS = (("AT (S-Dense)", "s-dense"), ("AT (MoE)", "moe"))
 
 

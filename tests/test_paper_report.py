@@ -142,3 +142,13 @@ def test_page_specs_follow_the_preset_seeds_or_the_given_ones():
     extra = R.page_specs("cpu", (1, 2))
     assert {s.seed for s in extra} == {1, 2} and len(extra) == 2 * len(default)
     assert {s.replace(seed=0).hash for s in extra} == {s.hash for s in default}  # same models, other seeds
+
+
+def test_section4_models_chain_as_the_paper_describes():
+    specs = R.sec4_specs("cpu", 0.5)
+    m1, bar, barbar, m3 = specs["M1"], specs["theta-bar"], specs["theta-bar-bar"], specs["M3"]
+    assert (m1.kind, m1.method, m1.parent) == ("moe", "standard", None)
+    assert (bar.method, bar.parent) == ("at-routers", m1) and (barbar.method, barbar.parent) == ("at-backbone", bar)
+    assert (m3.kind, m3.method, m3.parent.kind, m3.parent.method) == ("sparse", "hydra-mask", "dense", "standard")
+    assert specs["M2"] == R.ex.make_spec("cpu", "s-dense", "at", 0.5)  # the Table-1 model itself, stored once
+    assert len({s.hash for s in specs.values()}) == 5
