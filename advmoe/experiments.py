@@ -119,7 +119,7 @@ class ExperimentSpec:
             differ = [f for f in shared if getattr(self.parent, f) != getattr(self, f)]
             if differ:
                 raise ValueError(f"parent {self.parent.name} differs in {', '.join(differ)}; a chained experiment "
-                                 f"starts from its parent's weights and data, so {', '.join(CHAIN_FIELDS)} must match")
+                                 f"starts from its parent's weights and data, so {', '.join(shared)} must match")
 
     @property
     def name(self) -> str:
