@@ -18,7 +18,8 @@ from .data import REPO
 from .report import check_params
 
 PAGES = ["notebooks/tab1_overall.ipynb", "notebooks/fig1_overview.ipynb", "notebooks/fig2_at_vs_eps.ipynb",
-         "notebooks/tab2_autoattack.ipynb", "notebooks/audit_robustness.ipynb",
+         "notebooks/tab2_autoattack.ipynb", "notebooks/figA2_trajectory.ipynb",
+         "notebooks/audit_robustness.ipynb",
          "book/claims.ipynb", "book/verdicts.ipynb", "book/status.ipynb"]  # the ledger and status read what the others wrote: last
 
 

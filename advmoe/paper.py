@@ -264,6 +264,8 @@ CLAIMS = [
          text="AdvMoE beats AT (Dense) for N < 8 and r in [0.5, 0.9]; with N >= 8 and r < 0.5 it falls behind."),
     dict(id="C13", source="Appendix C, Table A1", covered_by=[],
          text="With a 10-step training attack AdvMoE still beats every baseline in RA and RA-AA."),
-    dict(id="C14", source="Appendix C, Fig. A2", covered_by=[],
+    dict(id="C14", source="Appendix C, Fig. A2",
+         covered_by=[("figA2_trajectory", "AdvMoE's RA (tracked) has plateaued"),
+                     ("figA2_trajectory", "AdvMoE's SA has plateaued")],
          text="AdvMoE converges within 100 epochs under the cosine schedule."),
 ]

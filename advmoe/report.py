@@ -477,3 +477,58 @@ def combine(claim: str, verdicts: list[Verdict]) -> Verdict:
     status = next((s for s in ("not run", "not reproduced", "inconclusive") if s in statuses), "reproduced")
     counts = ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
     return Verdict(claim, status, None, None, f"{len(verdicts)} parts: {counts}")
+
+
+PLATEAU_MARGIN = 2.0  # pp: a change this small over the last quarter of training counts as a plateau (Fig. A2)
+
+
+def trajectories(records: list[dict]):
+    """One row per (model, seed, epoch) of the records' training histories (Fig. A2): training loss, test SA on the
+    experiment's test set and, where the run tracked it, RA against PGD on its fixed tracking subset (in %)."""
+    import pandas as pd
+
+    rows = []
+    for r in records:
+        for h in (r["metrics"] or {}).get("history", []):
+            tracked = h.get("tracked", {})
+            rows.append(dict(model=r["label"], seed=r["seed"], epoch=h["epoch"], train_loss=h["train_loss"],
+                             sa=100 * h["test_sa"], n_sa=r["metrics"]["final"]["n_test"],
+                             ra=100 * h["test_ra_tracked"] if "test_ra_tracked" in h else None,
+                             n_ra=tracked.get("n"), ra_steps=tracked.get("steps")))
+    return pd.DataFrame(rows)
+
+
+def plateau_verdict(claim: str, model: str, df, metric: str, preset: str = "",
+                    margin: float = PLATEAU_MARGIN) -> Verdict:
+    """Has `metric` of `model` (a label in df, from `trajectories`) stopped moving at the end of training? An equivalence test on the change from the
+    epoch at 3/4 of the schedule to the last one, per seed: reproduced (a plateau) if mean +- t(k-1) x SE lies
+    inside +-margin; not reproduced if it lies wholly above (still rising) or below (falling back: robust
+    overfitting); else inconclusive. SE: the seed spread of the change, and the test-set term of two accuracies on
+    the same n images counted as independent (the per-image results per epoch are not stored, so the pairing cannot
+    be used: an upper bound, which only makes a plateau harder to show)."""
+    d = df[(df.model == model) & df[metric].notna()]
+    if d.empty:
+        return Verdict(claim, "not run", None, None, "no per-epoch values stored at this preset")
+    last = int(d.epoch.max())
+    first = math.ceil(0.75 * last)
+    wide = d.pivot_table(index="seed", columns="epoch", values=metric)
+    deltas = (wide[last] - wide[first]).dropna().tolist()
+    k = len(deltas)
+    change, sd = _mean_std(deltas)
+    n = int(d[f"n_{metric}"].iloc[0])
+    p0, p1 = wide[first].mean() / 100, wide[last].mean() / 100
+    se_test = 100 * math.sqrt((p0 * (1 - p0) + p1 * (1 - p1)) / n)
+    where = f"{preset} preset, {k} seed{'s' if k > 1 else ''}, {n} test images, epochs {first} -> {last}"
+    if k == 1:
+        return Verdict(claim, "inconclusive", change, se_test, f"{where}: change {change:+.2f} pp; one seed: the seed "
+                       f"spread is unknown, so no verdict")
+    se = math.sqrt(sd ** 2 / k + se_test ** 2)
+    half = t975(k - 1) * se
+    lo, hi = change - half, change + half
+    status = ("reproduced" if -margin < lo and hi < margin else
+              "not reproduced" if lo > margin or hi < -margin else "inconclusive")
+    short = (f"; undecided: the interval reaches {max(abs(lo), abs(hi)) - margin:.2f} pp beyond the margin"
+             if status == "inconclusive" else "")
+    return Verdict(claim, status, change, se, f"{where}: change {change:+.2f} pp, 95% interval [{lo:+.2f}, {hi:+.2f}] "
+                   f"against the plateau margin +-{margin:g} pp (t({k - 1}) x SE; seed SD {sd:.2f}, test-set SE "
+                   f"{se_test:.2f}){short}")

@@ -152,3 +152,36 @@ def test_section4_models_chain_as_the_paper_describes():
     assert (m3.kind, m3.method, m3.parent.kind, m3.parent.method) == ("sparse", "hydra-mask", "dense", "standard")
     assert specs["M2"] == R.ex.make_spec("cpu", "s-dense", "at", 0.5)  # the Table-1 model itself, stored once
     assert len({s.hash for s in specs.values()}) == 5
+
+
+def _curves(ra_by_seed: dict[int, list[float]], n: int = 10_000):
+    records = [dict(label="AdvMoE", seed=seed, metrics={
+        "final": {"n_test": n},
+        "history": [{"epoch": e + 1, "train_loss": 2.0 - 0.1 * e, "test_sa": 0.5, "test_ra_tracked": ra / 100,
+                     "tracked": {"n": n, "steps": 10}} for e, ra in enumerate(ras)]})
+        for seed, ras in ra_by_seed.items()]
+    return R.trajectories(records)
+
+
+def test_trajectories_hold_one_row_per_model_seed_and_epoch_in_percent():
+    df = _curves({0: [10, 20, 30, 40], 1: [11, 21, 31, 41]})
+    assert len(df) == 8 and set(df.seed) == {0, 1}
+    assert df[(df.seed == 1) & (df.epoch == 4)].ra.item() == pytest.approx(41)
+    assert (df.sa == 50).all() and (df.n_ra == 10_000).all()
+
+
+def test_plateau_verdict_is_an_equivalence_test_on_the_last_quarter():
+    claim = "AdvMoE's RA (tracked) has plateaued"
+    # test-set term unpaired (an upper bound), so only a huge test set lets 3 seeds show a plateau inside +-2 pp
+    flat = _curves({s: [10, 30, 40, 40 + 0.1 * s, 40, 40, 40, 40.2 - 0.1 * s] for s in range(3)}, n=1_000_000)
+    v = R.plateau_verdict(claim, "AdvMoE", flat, "ra", "cpu")
+    assert v.status == "reproduced" and "epochs 6 -> 8" in v.detail
+    rising = _curves({s: [10, 20, 30, 40, 50, 60, 70, 80 + s] for s in range(3)}, n=1_000_000)
+    assert R.plateau_verdict(claim, "AdvMoE", rising, "ra", "cpu").status == "not reproduced"
+    falling = _curves({s: [10, 20, 30, 40, 50, 60, 50, 40 + s] for s in range(3)}, n=1_000_000)
+    assert R.plateau_verdict(claim, "AdvMoE", falling, "ra", "cpu").status == "not reproduced"
+    small_subset = _curves({s: [10, 30, 40, 40, 40, 40, 40, 40] for s in range(3)}, n=200)  # test-set SE 4.9 pp
+    assert R.plateau_verdict(claim, "AdvMoE", small_subset, "ra", "cpu").status == "inconclusive"
+    one_seed = _curves({0: [10, 30, 40, 40, 40, 40, 40, 40]})
+    assert "one seed" in R.plateau_verdict(claim, "AdvMoE", one_seed, "ra", "cpu").detail
+    assert R.plateau_verdict(claim, "AT (MoE)", flat, "ra", "cpu").status == "not run"
