@@ -24,7 +24,7 @@ from . import numerics
 from .attacks import check_attack
 from .evaluate import evaluate
 from .io import atomic_write_json, file_sha256, read_json, state_sha256
-from .models import check_model_args, create_model
+from .models import check_model_args, compact, create_model
 from .train import METHODS, PARTIAL, start_from, train, trajectory_settings
 
 PRESETS = ("smoke", "cpu", "paper")
@@ -96,14 +96,17 @@ class ExperimentSpec:
                              f"({'two batches' if self.method == 'advmoe' else 'one batch'}), got {self.train_subset!r}")
         if self.test_subset is not None and (not isinstance(self.test_subset, int) or self.test_subset < 1):
             raise ValueError(f"test_subset must be None (all) or an integer >= 1, got {self.test_subset!r}")
-        needs = "sparse" if self.method.startswith("hydra") else "moe"
+        needs = "sparse" if self.method == "hydra-mask" else "moe"
         if self.method in PARTIAL and self.kind != needs:
             raise ValueError(f"method {self.method!r} trains part of a {needs} model (kind {needs!r}), not kind "
                              f"{self.kind!r}")
-        if self.kind == "sparse" and not self.method.startswith("hydra"):
-            raise ValueError(f"kind 'sparse' is trained by HYDRA: method 'hydra-mask' then 'hydra-finetune', "
-                             f"not {self.method!r}")
-        if self.method in PARTIAL and self.parent is None:
+        if self.kind == "sparse" and self.method != "hydra-mask":
+            raise ValueError(f"kind 'sparse' is trained by HYDRA: method 'hydra-mask' (its fine-tuning, "
+                             f"'hydra-finetune', trains the compact network, kind 's-dense'), not {self.method!r}")
+        if self.method == "hydra-finetune" and self.kind != "s-dense":
+            raise ValueError(f"method 'hydra-finetune' trains the compact network of a 'hydra-mask' parent, kind "
+                             f"'s-dense', not {self.kind!r}")
+        if (self.method in PARTIAL or self.method == "hydra-finetune") and self.parent is None:
             raise ValueError(f"method {self.method!r} starts from a trained model: give parent=<the spec it starts from>")
         if self.parent is not None:
             if not isinstance(self.parent, ExperimentSpec):
@@ -114,8 +117,11 @@ class ExperimentSpec:
                     raise ValueError(f"method 'hydra-mask' starts from a Dense model (kind 'dense'), not "
                                      f"{self.parent.name}")
                 shared = tuple(f for f in CHAIN_FIELDS if f not in ("kind", "scale"))
-            if self.method == "hydra-finetune" and self.parent.method != "hydra-mask":
-                raise ValueError(f"method 'hydra-finetune' starts from a 'hydra-mask' experiment, not {self.parent.name}")
+            if self.method == "hydra-finetune":  # the mask's kept weights, as the compact network (S-Dense)
+                if self.parent.method != "hydra-mask":
+                    raise ValueError(f"method 'hydra-finetune' starts from a 'hydra-mask' experiment, not "
+                                     f"{self.parent.name}")
+                shared = tuple(f for f in CHAIN_FIELDS if f != "kind")
             differ = [f for f in shared if getattr(self.parent, f) != getattr(self, f)]
             if differ:
                 raise ValueError(f"parent {self.parent.name} differs in {', '.join(differ)}; a chained experiment "
@@ -202,10 +208,14 @@ def hydra_chain(preset: str, scale: float, dense_method: str = "at", finetune: b
                 **overrides) -> ExperimentSpec:
     """AT (Sparse) as HYDRA trains it: a Dense model (`dense_method`), its mask learned with TRADES (weights fixed),
     then its weights fine-tuned with TRADES (mask fixed). finetune=False stops after the mask (Fig. 3's M3 over a
-    standard-trained Dense)."""
+    standard-trained Dense).
+
+    Fine-tuning with the mask fixed trains the kept weights only, so it trains the compact network (`compact`: the
+    kept channels, an S-Dense network): the same function and gradients as the masked full-width one (a removed
+    channel is exactly zero, and BatchNorm normalises each channel on its own), at S-Dense's cost."""
     dense = make_spec(preset, "dense", dense_method, 1.0, **overrides)
     mask = make_spec(preset, "sparse", "hydra-mask", scale, parent=dense, **overrides)
-    return make_spec(preset, "sparse", "hydra-finetune", scale, parent=mask, **overrides) if finetune else mask
+    return make_spec(preset, "s-dense", "hydra-finetune", scale, parent=mask, **overrides) if finetune else mask
 
 
 def table1(preset: str, seeds: tuple[int, ...] | None = None, **overrides) -> list[ExperimentSpec]:
@@ -301,7 +311,8 @@ def run(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, pro
     out = result_dir(spec, root)
     parent = None
     if spec.parent is not None:  # the parent first (trained now if it has no finished checkpoint)
-        parent = trained_model(spec.parent, device, root, progress).state_dict()
+        parent = trained_model(spec.parent, device, root, progress)
+        parent = (compact(parent) if spec.method == "hydra-finetune" else parent).state_dict()
     train_data = datalib.load(spec.dataset, "train", subset=spec.train_subset, seed=SUBSET_SEED)
     test_data = datalib.load(spec.dataset, "test", subset=spec.test_subset, seed=SUBSET_SEED)
     with computing(device, root) as (dev, started):  # provenance: the code as it was when this call began

@@ -13,7 +13,8 @@ is written once:
   at-backbone  TRADES on the backbone only, the routers fixed (the same way). Starts from a parent.
   hydra-mask      AT (Sparse), stage 1 (HYDRA): TRADES on the channel-mask scores only, the weights and their
                   BatchNorm statistics fixed. Starts from a Dense parent; scores from its weights.
-  hydra-finetune  AT (Sparse), stage 2: TRADES on the weights, the mask fixed. Starts from a hydra-mask parent.
+  hydra-finetune  AT (Sparse), stage 2: TRADES on the weights, the mask fixed: on the compact network (the kept
+                  channels, kind s-dense), which computes the same. Starts from a hydra-mask parent.
 """
 from __future__ import annotations
 
@@ -32,12 +33,11 @@ from .attacks import pgd
 from .evaluate import accuracy, robust_accuracy
 from .io import atomic_torch_save, load_checkpoint
 from .losses import trades_loss
-from .models import (backbone_parameters, init_scores_from_weights, mask_parameters, router_parameters,
-                     weight_parameters)
+from .models import backbone_parameters, init_scores_from_weights, mask_parameters, router_parameters
 
 METHODS = ("standard", "at", "advmoe", "at-routers", "at-backbone", "hydra-mask", "hydra-finetune")
 PARTIAL = {"at-routers": router_parameters, "at-backbone": backbone_parameters,  # method -> what it trains
-           "hydra-mask": mask_parameters, "hydra-finetune": weight_parameters}
+           "hydra-mask": mask_parameters}
 
 
 @contextlib.contextmanager
@@ -102,7 +102,7 @@ def iteration(model, optimizers, batch, other_batch, spec) -> tuple[float, float
     x, y = batch
     if spec.method == "standard":
         return standard_step(model, list(model.parameters()), optimizers["all"], x, y, spec)
-    if spec.method == "at":
+    if spec.method in ("at", "hydra-finetune"):
         return trades_step(model, list(model.parameters()), optimizers["all"], x, y, spec)
     if spec.method in PARTIAL:
         return trades_step(model, PARTIAL[spec.method](model), optimizers["all"], x, y, spec, fixed_statistics=True)

@@ -74,8 +74,7 @@ def test_hydra_parents_must_be_dense_then_mask():
         ex.make_spec("smoke", "sparse", "hydra-mask", 0.5, parent=moe)
     dense = ex.make_spec("smoke", "dense", "at", 1.0)
     with pytest.raises(ValueError, match="starts from a 'hydra-mask' experiment"):
-        ex.make_spec("smoke", "sparse", "hydra-finetune", 0.5, parent=ex.make_spec("smoke", "sparse", "hydra-finetune", 0.5,
-                     parent=ex.make_spec("smoke", "sparse", "hydra-mask", 0.5, parent=dense)))
+        ex.make_spec("smoke", "s-dense", "hydra-finetune", 0.5, parent=ex.hydra_chain("smoke", 0.5))
 
 
 def test_hydra_stages_train_the_mask_then_the_weights(tiny_data):
@@ -92,7 +91,20 @@ def test_hydra_stages_train_the_mask_then_the_weights(tiny_data):
     start.load_state_dict(dense.state_dict(), strict=False)
     init_scores_from_weights(start)
     assert any(not torch.equal(p, q) for p, q in zip(mask_parameters(start), mask_parameters(mask)))
-    # stage 2: the mask fixed, the weights trained
-    assert all(torch.equal(a.kept(), b.kept()) for a, b in zip(masks(mask), masks(tuned)))
-    assert any(not torch.equal(p, q) for p, q in zip(weight_parameters(mask), weight_parameters(tuned)))
+    # stage 2: the mask fixed, the kept weights trained: the compact network (S-Dense), started from the mask's
+    start = compact(mask)
+    assert type(tuned) is type(start) and finetune.kind == "s-dense"
+    assert all(p.shape == q.shape for p, q in zip(start.parameters(), tuned.parameters()))
+    assert any(not torch.equal(p, q) for p, q in zip(start.parameters(), tuned.parameters()))
+    assert metrics["parent"]["hash"] == mask_spec.hash
     assert metrics["final"]["gflops"] == pytest.approx(gflops(create_model("resnet18", "s-dense", 0.5, base_width=8)))
+
+
+def test_hydra_finetune_trains_the_compact_network():
+    mask = ex.hydra_chain("smoke", 0.5, finetune=False)
+    with pytest.raises(ValueError, match="compact network"):
+        ex.make_spec("smoke", "sparse", "hydra-finetune", 0.5, parent=mask)
+    with pytest.raises(ValueError, match="give parent="):
+        ex.make_spec("smoke", "s-dense", "hydra-finetune", 0.5)
+    tuned = ex.make_spec("smoke", "s-dense", "hydra-finetune", 0.5, parent=mask)
+    assert tuned == ex.hydra_chain("smoke", 0.5) and tuned.hash != ex.make_spec("smoke", "s-dense", "at", 0.5).hash
