@@ -3,7 +3,8 @@
 Per test image, PGD (CE, the evaluation attack) either changes the expert chosen in at least one MoE layer or
 leaves the routing unchanged in every layer, and the prediction on the adversarial image is either still correct or
 wrong. The four shares (they sum to 1), the share of images whose routing PGD changed in each layer, and the
-per-image results are returned. Fig. 4 of the paper (theta-bar, r = 0.5, PGD-50, 10,000 test images): routing
+per-image results (correctness, and the expert chosen in every MoE layer before and after the attack: Fig. 6's
+pathways are computed from them) are returned. Fig. 4 of the paper (theta-bar, r = 0.5, PGD-50, 10,000 test images): routing
 unchanged and prediction correct ("both attacks unsuccessful") 31.74%, routing unchanged in total 76.27%.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from torch import nn
 
 from . import data as datalib
 from .evaluate import accuracy, robust_accuracy
-from .io import bits
+from .io import bits, digits
 from .models import moe_layers
 
 CATEGORIES = ("routing unchanged, prediction correct", "routing unchanged, prediction wrong",
@@ -45,4 +46,6 @@ def dissect(model: nn.Module, data: datalib.ImageData, device, eps: float, step_
         "routing_unchanged": share(~changed), "robust_accuracy": share(correct),
         "layer_change_rate": {name: share(c) for name, c in changed_in.items()},
         "routing_changed_bits": bits([changed]), "correct_bits": bits([correct]),
+        "routes_clean": {name: digits(c) for name, c in clean.items()},
+        "routes_adversarial": {name: digits(c) for name, c in adv.items()},
     }

@@ -348,7 +348,8 @@ def run(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, pro
     return atomic_write_json(metrics, out / "metrics.json")
 
 
-EVALUATIONS = ("eps-sweep-*.json", "autoattack-*.json", "audit-*.json", "worst-case-*.json", "dissection-*.json")  # stored beside metrics.json
+EVALUATIONS = ("eps-sweep-*.json", "autoattack-*.json", "audit-*.json", "worst-case-*.json", "dissection-*.json",
+               "mask-channels.json")  # stored beside metrics.json
 
 
 def read_evaluation(path: Path, spec: ExperimentSpec, root: Path | None = None) -> dict | None:
@@ -469,6 +470,27 @@ def dissection(spec: ExperimentSpec, steps: int | None = None, device: str = "cp
         return dissect(model, test_data, dev, spec.eval_eps, spec.eval_step_size, steps, progress=progress)
 
     return evaluation(spec, f"dissection-pgd{steps}.json", compute, device, root, recompute, progress)
+
+
+def mask_channels(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, recompute: bool = False,
+                  progress: bool = True) -> dict:
+    """The channels a trained Sparse model's masks keep, per conv (in the full-width layer's index space), stored as
+    mask-channels.json beside its metrics: Fig. 6 compares MoE pathways with them without the checkpoint."""
+    from .models.sparse import MaskedBatchNorm2d
+
+    if spec.kind != "sparse":
+        raise ValueError(f"mask_channels reads a Sparse model's masks; {spec.name} is kind {spec.kind!r}, not 'sparse'")
+
+    def compute(model, dev):
+        kept, widths, previous = {}, {}, None
+        for name, m in model.named_modules():
+            if isinstance(m, torch.nn.Conv2d):
+                previous = name
+            elif isinstance(m, MaskedBatchNorm2d):  # the mask on the output of the conv just before it
+                kept[previous], widths[previous] = m.mask.kept().tolist(), m.num_features
+        return {"kept": kept, "full_widths": widths}
+
+    return evaluation(spec, "mask-channels.json", compute, device, root, recompute, progress)
 
 
 def autoattack_settings(preset: str) -> tuple[str, int | None]:

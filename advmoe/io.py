@@ -98,6 +98,21 @@ def from_bits(text: str) -> torch.Tensor:
     return torch.tensor([c == "1" for c in text], dtype=torch.bool)
 
 
+DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def digits(choices: torch.Tensor) -> str:
+    """Per-example small integers (an expert index, < 36) as one character each, for JSON results."""
+    if len(choices) and (choices.min() < 0 or choices.max() >= len(DIGITS)):
+        raise ValueError(f"digits stores integers in [0, {len(DIGITS)}), got {choices.min()}..{choices.max()}")
+    return "".join(DIGITS[c] for c in choices.tolist())
+
+
+def from_digits(text: str) -> torch.Tensor:
+    """The integer tensor a `digits` string encodes."""
+    return torch.tensor([DIGITS.index(c) for c in text], dtype=torch.long)
+
+
 def load_checkpoint(path: Path, spec) -> dict | None:
     """The checkpoint's state, or None (with a warning) when it is unreadable; refuses another spec's checkpoint."""
     try:

@@ -5,7 +5,7 @@ import torch
 from advmoe import data as datalib
 from advmoe import experiments as ex
 from advmoe.dissect import CATEGORIES, dissect
-from advmoe.io import from_bits
+from advmoe.io import digits, from_bits, from_digits
 from advmoe.models import create_model, moe_layers
 
 
@@ -25,6 +25,19 @@ def test_shares_add_up_and_follow_the_per_image_results():
     assert r["routing_unchanged"] == pytest.approx(1 - float(changed.float().mean()))
     assert set(r["layer_change_rate"]) == set(moe_layers(model))
     assert max(r["layer_change_rate"].values()) <= 1 - r["routing_unchanged"] + 1e-9  # a layer's rate <= any layer's
+    # the stored routes are the experts chosen per image and layer, and they explain the change bits
+    clean = {k: from_digits(v) for k, v in r["routes_clean"].items()}
+    adv = {k: from_digits(v) for k, v in r["routes_adversarial"].items()}
+    assert list(clean) == list(moe_layers(model)) and all(len(c) == 24 and c.max() <= 1 for c in clean.values())
+    assert torch.equal(torch.stack([clean[k] != adv[k] for k in clean]).any(0), changed)
+    assert all((clean[k] != adv[k]).float().mean().item() == pytest.approx(v) for k, v in r["layer_change_rate"].items())
+
+
+def test_digits_round_trip_and_refuse_what_they_cannot_store():
+    x = torch.tensor([0, 9, 10, 35, 3])
+    assert digits(x) == "09az3" and torch.equal(from_digits(digits(x)), x)
+    with pytest.raises(ValueError, match="integers in"):
+        digits(torch.tensor([36]))
 
 
 def test_no_attack_changes_no_routing_and_a_fixed_router_is_never_changed():

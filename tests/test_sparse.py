@@ -108,3 +108,23 @@ def test_hydra_finetune_trains_the_compact_network():
         ex.make_spec("smoke", "s-dense", "hydra-finetune", 0.5)
     tuned = ex.make_spec("smoke", "s-dense", "hydra-finetune", 0.5, parent=mask)
     assert tuned == ex.hydra_chain("smoke", 0.5) and tuned.hash != ex.make_spec("smoke", "s-dense", "at", 0.5).hash
+
+
+def test_mask_channels_are_stored_per_conv_in_full_width_index_space(tiny_data):
+    from advmoe.pathways import mask_pathway
+
+    small = dict(dataset="cifar10", epochs=1, train_subset=64, batch_size=32, test_subset=16, eval_steps=1)
+    spec = ex.hydra_chain("smoke", 0.5, finetune=False, **small)
+    stored = ex.mask_channels(spec, progress=False)
+    model = ex.load_model(spec)
+    convs = dict(model.named_modules())
+    assert set(stored["kept"]) >= {"stem.0", "layers.0.0.conv1", "layers.3.1.conv2"}
+    for name, kept in stored["kept"].items():
+        assert stored["full_widths"][name] == convs[name].out_channels
+        assert len(kept) == convs[name].out_channels // 2 and kept == sorted(set(kept))  # r = 0.5 of the channels
+    names = ["layers.0.0.conv1", "layers.2.1.conv2"]
+    full = torch.cat([torch.zeros(stored["full_widths"][n], dtype=torch.bool).index_fill_(0, torch.tensor(stored["kept"][n]), True)
+                      for n in names])
+    assert torch.equal(full, mask_pathway(model, names))  # what Fig. 6 reads back equals the live model's mask
+    with pytest.raises(ValueError, match="not 'sparse'"):
+        ex.mask_channels(ex.make_spec("smoke", "s-dense", "at", 0.5))
