@@ -353,15 +353,19 @@ EVALUATIONS = ("eps-sweep-*.json", "autoattack-*.json", "audit-*.json", "worst-c
 
 
 def read_evaluation(path: Path, spec: ExperimentSpec, root: Path | None = None) -> dict | None:
-    """A stored evaluation of a model, or None when missing, damaged or made on another checkpoint than the
-    one metrics.json records (a model re-trained since: it is recomputed, never shown beside the new one)."""
+    """A stored evaluation of a model, or None when missing, damaged or made on other weights than the ones
+    metrics.json records (a model re-trained since into another one: it is recomputed, never shown beside the new
+    one). Same weights means the same model_sha256 (a re-training with pinned numerics writes another checkpoint
+    file, as the file holds timings, but the same weights); evaluations stored before model_sha256 was recorded
+    compare the checkpoint file."""
     stored = read_json(path)
     if stored is None:
         return None
     metrics = read_json(result_dir(spec, root) / "metrics.json")
-    if metrics is None or stored.get("checkpoint_sha256") != metrics.get("checkpoint_sha256"):
-        warnings.warn(f"{path.name} of {spec.name} was computed on another checkpoint than metrics.json records; "
-                      f"it will be recomputed")
+    key = "model_sha256" if stored.get("model_sha256") else "checkpoint_sha256"
+    if metrics is None or stored.get(key) != metrics.get(key):
+        warnings.warn(f"{path.name} of {spec.name} was computed on another checkpoint (other weights) than "
+                      f"metrics.json records; it will be recomputed")
         return None
     return stored
 
@@ -419,19 +423,22 @@ def evaluation(spec: ExperimentSpec, name: str, compute, device: str = "cpu", ro
 
     compute(model, device) returns the evaluation's fields. The model is trained first if it has no
     checkpoint; the result records the sha256 of the checkpoint it was computed on, and a stored result whose
-    checkpoint is not the one metrics.json records is recomputed (`read_evaluation`).
+    checkpoint and weights; a stored result computed on other weights than metrics.json records is recomputed
+    (`read_evaluation`).
     """
     path = result_dir(spec, root) / name
     stored = None if recompute else read_evaluation(path, spec, root)
     if stored is not None:
         return stored
     model = trained_model(spec, device, root, progress)
+    weights = state_sha256(model.state_dict())
     with computing(device, root) as (dev, started):
         t0 = time.perf_counter()
         fields = compute(model.to(dev), dev)
         started["seconds"] = time.perf_counter() - t0
     return atomic_write_json({"spec": dataclasses.asdict(spec), "hash": spec.hash, **fields,
-                              "checkpoint_sha256": load(spec, root)["checkpoint_sha256"], "provenance": started}, path)
+                              "checkpoint_sha256": load(spec, root)["checkpoint_sha256"], "model_sha256": weights,
+                              "provenance": started}, path)
 
 
 def eps_sweep(spec: ExperimentSpec, eps_grid: list[float], steps: int | None = None, device: str = "cpu",

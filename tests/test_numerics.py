@@ -111,9 +111,15 @@ def test_an_evaluation_of_another_checkpoint_is_never_shown_beside_the_model(tin
     metrics = ex.load(SPEC)
     assert sweep["checkpoint_sha256"] == metrics["checkpoint_sha256"]
     assert ex.eps_sweep(SPEC, grid, progress=False) == sweep  # reused
-    # the model was re-trained elsewhere (another machine: another checkpoint), the sweep file survived
+    assert sweep["model_sha256"] == metrics["model_sha256"]
     path = ex.result_dir(SPEC) / "metrics.json"
-    atomic_write_json({**{k: v for k, v in metrics.items() if k != "checksum"}, "checkpoint_sha256": "0" * 64}, path)
+    sweep_path = next(path.parent.glob("eps-sweep-*.json"))
+    # re-trained into the same weights (pinned numerics), another checkpoint file: the sweep still holds
+    atomic_write_json({**{k: v for k, v in metrics.items() if k != "checksum"}, "checkpoint_sha256": "1" * 64}, path)
+    assert ex.read_evaluation(sweep_path, SPEC) == sweep
+    # the model was re-trained elsewhere into other weights (another machine), the sweep file survived
+    atomic_write_json({**{k: v for k, v in metrics.items() if k != "checksum"}, "checkpoint_sha256": "0" * 64,
+                       "model_sha256": "0" * 64}, path)
     with pytest.warns(UserWarning, match="computed on another checkpoint"):
         assert ex.read_evaluation(next(path.parent.glob("eps-sweep-*.json")), SPEC) is None
     # with the checkpoint gone, a new evaluation re-trains the model, and every stored evaluation is redone with it
