@@ -242,6 +242,7 @@ class Verdict:
     detail: str
     threshold: float | None = None  # the smallest gap this comparison can decide: t quantile x SE (pp)
     also: str | None = None  # the same claim judged under a second metric, e.g. "RA worst case: inconclusive"
+    unit: str = "pp"  # of gap, se and threshold: percentage points unless the metric is not a share
 
     def __str__(self) -> str:
         return f"{self.claim}: {self.status} ({self.detail})"
@@ -257,22 +258,23 @@ def t975(df: int) -> float:
     return T975.get(df, 1.96)
 
 
-def test_set_se(a: list[dict], b: list[dict], metric: str) -> tuple[float, int, bool]:
-    """(standard error in pp of the seed-averaged gap due to which test images were drawn, n, paired?).
+def test_set_se(a: list[dict], b: list[dict], metric: str, scale: float = 100) -> tuple[float, int, bool]:
+    """(standard error, in pp (x scale), of the seed-averaged gap due to which test images were drawn, n, paired?).
 
-    Paired when both models stored per-image correctness on the same images: D_i = a_i - b_i averaged over
-    seeds, SE = sd(D) / sqrt(n) (McNemar's logic: images both models get right or wrong add no noise).
-    Otherwise the two accuracies are treated as independent binomials.
+    Paired when both models stored per-image results on the same images (final["correct"][key]: a 0/1 string, or
+    a list of per-image values whose mean is the metric): D_i = a_i - b_i averaged over seeds, SE = sd(D) /
+    sqrt(n) (McNemar's logic: images both models get right or wrong add no noise). Otherwise the two accuracies
+    are treated as independent binomials.
     """
-    key = CORRECT_KEY.get(metric)
+    key = CORRECT_KEY.get(metric, metric)
     bits_a = [x["final"].get("correct", {}).get(key) for x in a]
     bits_b = [x["final"].get("correct", {}).get(key) for x in b]
     n = a[0]["final"].get(f"n_{metric}", a[0]["final"]["n_test"])  # e.g. RA-AA runs on a subset: n_ra_aa
     if all(bits_a + bits_b) and len({len(x) for x in bits_a + bits_b}) == 1:
         n = len(bits_a[0])
-        d = [sum(int(x[i]) - int(y[i]) for x, y in zip(bits_a, bits_b)) / len(bits_a) for i in range(n)]
+        d = [sum(float(x[i]) - float(y[i]) for x, y in zip(bits_a, bits_b)) / len(bits_a) for i in range(n)]
         mean = sum(d) / n
-        return 100 * math.sqrt(sum((v - mean) ** 2 for v in d) / (n - 1) / n), n, True
+        return scale * math.sqrt(sum((v - mean) ** 2 for v in d) / (n - 1) / n), n, True
     pa = sum(x["final"][metric] for x in a) / len(a)
     pb = sum(x["final"][metric] for x in b) / len(b)
     return 100 * math.sqrt((pa * (1 - pa) + pb * (1 - pb)) / (n * len(a))), n, False
@@ -289,7 +291,7 @@ def seeds_needed(seed_sd: float, test_se: float, target: float, most: int = 100)
 
 
 def verdict(claim: str, a: list[dict], b: list[dict], metric: str = "ra", preset: str = "",
-            also: str | None = None) -> Verdict:
+            also: str | None = None, scale: float = 100, unit: str = "pp") -> Verdict:
     """Is metric(a) > metric(b)? a, b: metrics dicts paired by seed (same seed, same test images).
 
     The gap is the mean over seeds of the paired per-seed gaps. Its standard error has two parts: the seed
@@ -297,7 +299,8 @@ def verdict(claim: str, a: list[dict], b: list[dict], metric: str = "ra", preset
     where per-image results are stored). Reproduced if gap > t(k-1) x SE, not reproduced if gap < -t(k-1) x
     SE (Student's t for k seeds, two-sided 95%), else inconclusive. With one seed the seed spread is unknown
     and no claim is decided: inconclusive, whatever the gap. also: a second metric (e.g. "ra_worst") whose
-    verdict is added to the detail: does the claim still hold under it?
+    verdict is added to the detail: does the claim still hold under it? scale, unit: how the metric's values
+    are shown (shares as percentage points by default; e.g. 1, "bits" for an entropy).
     """
     if also is not None and a and b:
         main, other = verdict(claim, a, b, metric, preset), verdict(claim, a, b, also, preset)
@@ -306,21 +309,22 @@ def verdict(claim: str, a: list[dict], b: list[dict], metric: str = "ra", preset
         return main
     if not a or not b:
         return Verdict(claim, "not run", None, None, "no results at this preset")
-    gaps = [100 * (x["final"][metric] - y["final"][metric]) for x, y in zip(a, b)]
+    gaps = [scale * (x["final"][metric] - y["final"][metric]) for x, y in zip(a, b)]
     k = len(gaps)
     gap, sd = _mean_std(gaps)
-    se_test, n, paired = test_set_se(a, b, metric)
+    se_test, n, paired = test_set_se(a, b, metric, scale)
     where = f"{preset} preset, {k} seed{'s' if k > 1 else ''}, {n} test images"
     test_part = f"{'paired ' if paired else ''}test-set SE {se_test:.2f}"
     if k == 1:
-        return Verdict(claim, "inconclusive", gap, se_test,
-                       f"{where}: gap {gap:+.2f} pp; one seed: the seed spread is unknown, so no verdict ({test_part})")
+        return Verdict(claim, "inconclusive", gap, se_test, f"{where}: gap {gap:+.2f} {unit}; one seed: the seed "
+                       f"spread is unknown, so no verdict ({test_part})", unit=unit)
     se = math.sqrt(sd ** 2 / k + se_test ** 2)
     threshold = t975(k - 1) * se
     status = "reproduced" if gap > threshold else "not reproduced" if gap < -threshold else "inconclusive"
-    short = f"; undecided: the gap is {threshold - abs(gap):.2f} pp short of the threshold" if status == "inconclusive" else ""
-    return Verdict(claim, status, gap, se, f"{where}: gap {gap:+.2f} pp, threshold {threshold:.2f} pp "
-                   f"(t({k - 1}) x SE; seed SD {sd:.2f}, {test_part}){short}", threshold)
+    short = (f"; undecided: the gap is {threshold - abs(gap):.2f} {unit} short of the threshold"
+             if status == "inconclusive" else "")
+    return Verdict(claim, status, gap, se, f"{where}: gap {gap:+.2f} {unit}, threshold {threshold:.2f} {unit} "
+                   f"(t({k - 1}) x SE; seed SD {sd:.2f}, {test_part}){short}", threshold, unit=unit)
 
 
 def verdict_summary(verdicts: list[Verdict]):
@@ -330,11 +334,11 @@ def verdict_summary(verdicts: list[Verdict]):
     def line(v: Verdict) -> str:
         numbers = []
         if v.gap is not None:
-            numbers.append(f"gap {v.gap:+.1f} pp")
+            numbers.append(f"gap {v.gap:+.1f} {v.unit}")
         if v.threshold is not None:
-            numbers.append(f"decidable beyond ±{v.threshold:.1f} pp")
+            numbers.append(f"decidable beyond ±{v.threshold:.1f} {v.unit}")
             if v.status == "inconclusive":
-                numbers.append(f"{v.threshold - abs(v.gap):.1f} pp short")
+                numbers.append(f"{v.threshold - abs(v.gap):.1f} {v.unit} short")
         elif v.status == "inconclusive" and "one seed" in v.detail:
             numbers.append("one seed: undecidable")
         if v.also:

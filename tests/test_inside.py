@@ -1,0 +1,74 @@
+"""Fig. 3-6 (advmoe.inside) at the smoke preset: the chains train, the measures are consistent, the verdicts decide."""
+import math
+import os
+
+import pytest
+import torch
+
+from advmoe import data as datalib
+from advmoe import experiments as ex
+from advmoe import inside
+from advmoe.dissect import CATEGORIES
+from advmoe.io import from_bits, from_digits
+from advmoe.pathways import diversity
+
+pytestmark = pytest.mark.skipif(not (datalib.data_dir() / "cifar10-jpeg").is_dir() and os.environ.get("CI") != "true",
+                                reason="the CIFAR-10 JPEG copy is not unpacked (advmoe fetch cifar10-jpeg); CI always has it")
+STATUSES = {"reproduced", "not reproduced", "inconclusive"}
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory):
+    old = os.environ.get("ADVMOE_RESULTS")
+    os.environ["ADVMOE_RESULTS"] = str(tmp_path_factory.mktemp("results"))
+    yield
+    if old is None:
+        del os.environ["ADVMOE_RESULTS"]
+    else:
+        os.environ["ADVMOE_RESULTS"] = old
+
+
+def test_fig3_trains_the_chains_and_decides_at_the_verdict_scale_only(smoke_results):
+    df, verdicts, records = inside.fig3("smoke", "cpu", False, [0.5, 0.2])
+    seeds = ex.preset_seeds("smoke")
+    assert len(df[df.scale == 0.5]) == 4 * len(seeds) and len(df[df.scale == 0.2]) == 4  # other scales: first seed
+    assert set(df.model) == set(inside.FIG3) and df.ra.between(0, 100).all()
+    assert len(verdicts) == 3 and {v.status for v in verdicts} <= STATUSES
+    assert all("2 seeds" in v.detail for v in verdicts)
+    theta_bar = next(r for r in records if r["label"] == inside.FIG3["theta-bar"] and r["scale"] == 0.5)
+    m1 = next(r for r in records if r["label"] == inside.FIG3["M1"] and r["scale"] == 0.5)
+    assert theta_bar["metrics"]["parent"]["model_sha256"] == m1["metrics"]["model_sha256"]  # started from M1
+    assert inside.fig3("smoke", "cpu", False, [0.2])[1] == []  # no verdict without the verdict scale
+
+
+def test_dissection_shares_and_verdicts(smoke_results):
+    shares, layers, stored, records = inside.dissections("smoke", "cpu", False)
+    totals = shares.groupby(["model", "seed"]).share.sum()
+    assert totals.round(6).eq(100).all() and set(shares.category) == set(CATEGORIES)
+    assert set(stored) == {"θ̄ (routers AT)", "θ̄̄ (then backbone AT)", "AT (MoE)", "AdvMoE"}
+    assert layers.rate.between(0, 100).all()
+    verdicts = inside.dissection_verdicts(stored, "smoke")
+    assert len(verdicts) == 4 and {v.status for v in verdicts} <= STATUSES
+    d = stored["AdvMoE"][0]  # the C5 verdict's gap is the difference of the stored routing-unchanged shares
+    gap = [100 * (a["routing_unchanged"] - b["routing_unchanged"])
+           for a, b in zip(stored["θ̄ (routers AT)"], stored["θ̄̄ (then backbone AT)"])]
+    assert verdicts[2].gap == pytest.approx(sum(gap) / len(gap))
+    assert len(d["routes_clean"]) == len(d["layer_change_rate"])
+
+
+def test_fig6_pathway_measures_are_consistent_with_the_routes(smoke_results):
+    rows, summary, verdicts, records = inside.fig6("smoke", "cpu", False)
+    assert rows.iou.between(0, 1).all() and set(rows.data) == {"clean", "adversarial"}
+    assert len(verdicts) == 4 and {v.status for v in verdicts} <= STATUSES and verdicts[3].unit == "bits"
+    spec = inside.dissected("smoke", 0)["AT (MoE)"]
+    d = ex.dissection(spec)
+    mask = ex.mask_channels(ex.hydra_chain("smoke", 0.5, seed=0).parent)
+    m = inside.pathway_measures(spec, d, mask)
+    unchanged = ~from_bits(d["routing_changed_bits"])
+    same = torch.tensor(m["iou_clean_adversarial"]) == 1
+    assert torch.equal(same, unchanged)  # the pathway moves exactly when some layer's expert changes
+    routes = {k: from_digits(v) for k, v in d["routes_clean"].items()}
+    assert sum(m["surprisal_clean"]) / len(m["surprisal_clean"]) == pytest.approx(diversity(routes)["entropy_bits"])
+    assert m["distinct_clean"] == diversity(routes)["distinct"]
+    # N * r = 1: every input's pathway holds half of each MoE layer's full-width channels, as the mask does
+    assert all(0 <= v <= 1 for v in m["iou_mask_clean"]) and not math.isnan(sum(m["iou_mask_clean"]))
