@@ -14,7 +14,8 @@ from .moe import (MoEConv2d, Router, RoutedNet, Routes, SharedRouter, backbone_p
                   fixed_routing, forced_expert, moe_layers, record_routing, router_parameters,
                   soft_routing)
 from .resnet import resnet18
-from .sparse import compact, init_scores_from_weights, mask_factory, mask_parameters, masks, weight_parameters
+from .sparse import (compact, init_scores_from_weights, mask_factory, mask_parameters, mask_stage_parameters, masks,
+                     weight_parameters)
 
 BACKBONES = {"resnet18": (resnet18, 64)}  # name -> (constructor, paper base width)
 KINDS = ("dense", "s-dense", "moe", "sparse")
@@ -85,4 +86,4 @@ __all__ = ["create_model", "list_models", "check_model_args", "BACKBONES", "KIND
            "Router", "SharedRouter", "RoutedNet", "Routes", "record_routing", "dense_reference", "soft_routing",
            "fixed_routing", "forced_expert", "moe_layers",
            "router_parameters", "backbone_parameters", "compact", "init_scores_from_weights", "mask_parameters",
-           "masks", "weight_parameters"]
+           "mask_stage_parameters", "masks", "weight_parameters"]

@@ -91,6 +91,14 @@ def mask_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [m.scores for m in masks(model)]
 
 
+def mask_stage_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """What HYDRA's mask stage trains: the scores and the BatchNorm affine parameters (HYDRA's default, freeze_bn
+    False: only conv and linear weights are frozen). BatchNorm then runs in train mode, so its statistics follow the
+    masked network: with r of a layer's input channels left, the Dense parent's statistics no longer fit it."""
+    norms = [p for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters(recurse=False)]
+    return mask_parameters(model) + norms
+
+
 def weight_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Everything but the mask scores: what fine-tuning trains."""
     scores = {id(p) for p in mask_parameters(model)}
