@@ -243,6 +243,7 @@ class Verdict:
     threshold: float | None = None  # the smallest gap this comparison can decide: t quantile x SE (pp)
     also: str | None = None  # the same claim judged under a second metric, e.g. "RA worst case: inconclusive"
     unit: str = "pp"  # of gap, se and threshold: percentage points unless the metric is not a share
+    gap_name: str = "gap"  # what `gap` measures, for the summary line ("change" for a plateau)
 
     def __str__(self) -> str:
         return f"{self.claim}: {self.status} ({self.detail})"
@@ -334,7 +335,7 @@ def verdict_summary(verdicts: list[Verdict]):
     def line(v: Verdict) -> str:
         numbers = []
         if v.gap is not None:
-            numbers.append(f"gap {v.gap:+.1f} {v.unit}")
+            numbers.append(f"{v.gap_name} {v.gap:+.1f} {v.unit}")
         if v.threshold is not None:
             numbers.append(f"decidable beyond ±{v.threshold:.1f} {v.unit}")
             if v.status == "inconclusive":
@@ -525,7 +526,7 @@ def plateau_verdict(claim: str, model: str, df, metric: str, preset: str = "",
     where = f"{preset} preset, {k} seed{'s' if k > 1 else ''}, {n} test images, epochs {first} -> {last}"
     if k == 1:
         return Verdict(claim, "inconclusive", change, se_test, f"{where}: change {change:+.2f} pp; one seed: the seed "
-                       f"spread is unknown, so no verdict")
+                       f"spread is unknown, so no verdict", gap_name="change")
     se = math.sqrt(sd ** 2 / k + se_test ** 2)
     half = t975(k - 1) * se
     lo, hi = change - half, change + half
@@ -535,4 +536,4 @@ def plateau_verdict(claim: str, model: str, df, metric: str, preset: str = "",
              if status == "inconclusive" else "")
     return Verdict(claim, status, change, se, f"{where}: change {change:+.2f} pp, 95% interval [{lo:+.2f}, {hi:+.2f}] "
                    f"against the plateau margin +-{margin:g} pp (t({k - 1}) x SE; seed SD {sd:.2f}, test-set SE "
-                   f"{se_test:.2f}){short}")
+                   f"{se_test:.2f}){short}", gap_name="change")

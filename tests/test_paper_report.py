@@ -139,9 +139,10 @@ def test_a_notebook_with_bad_parameters_stops_in_its_first_code_cell(notebook, p
 def test_page_specs_follow_the_preset_seeds_or_the_given_ones():
     default = R.page_specs("cpu")
     assert {s.seed for s in default} == set(R.ex.preset_seeds("cpu"))
+    first = R.page_specs("cpu", (0,))
     extra = R.page_specs("cpu", (1, 2))
-    assert {s.seed for s in extra} == {1, 2} and len(extra) == 2 * len(default)
-    assert {s.replace(seed=0).hash for s in extra} == {s.hash for s in default}  # same models, other seeds
+    assert {s.seed for s in extra} == {1, 2} and len(extra) == 2 * len(first) and len(default) == 3 * len(first)
+    assert {s.replace(seed=0).hash for s in extra} == {s.hash for s in first}  # same models, other seeds
 
 
 def test_section4_models_chain_as_the_paper_describes():
