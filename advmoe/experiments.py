@@ -411,9 +411,12 @@ def trained_model(spec: ExperimentSpec, device: str = "cpu", root: Path | None =
                   progress: bool = True) -> torch.nn.Module:
     """The model from its finished checkpoint, training it first if there is none (or it is damaged).
 
-    Training is deterministic for a spec, so a model re-trained this way reproduces the stored metrics.
+    Training is deterministic for a spec, so a model re-trained this way reproduces the stored metrics. A finished
+    checkpoint without metrics.json (a run stopped while evaluating) is evaluated now: every model returned here has
+    its metrics stored.
     """
     try:
+        load(spec, root)
         return load_model(spec, root, device)
     except FileNotFoundError:
         run(spec, device, root, progress)

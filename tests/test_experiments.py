@@ -120,6 +120,13 @@ def test_run_stores_metrics_with_provenance_and_get_reuses_them(tiny_data):
     assert advmoe.get(spec) == advmoe.load(spec) and path.stat().st_mtime_ns == mtime  # reused, not re-run
     with pytest.raises(FileNotFoundError, match="advmoe run --preset smoke"):
         advmoe.load(spec.replace(seed=5))
+    # stopped after training, while evaluating: the finished checkpoint is evaluated, not re-trained, when a chain
+    # or an evaluation asks for the model
+    path.unlink()
+    ex.trained_model(spec, progress=False)
+    again = advmoe.load(spec)
+    assert again["final"] == m["final"] and again["model_sha256"] == m["model_sha256"]
+    assert again["history"] == m["history"]  # from the checkpoint: no epoch was trained again
 
 
 def test_large_eps_drives_robust_accuracy_to_zero(tiny_data):
