@@ -170,15 +170,19 @@ def test_router_parameters_include_the_shared_router():
 @pytest.mark.parametrize("n_experts,scale", [(2, 0.2), (5, 0.5), (10, 0.8), (3, 0.5)])
 def test_moe_at_any_expert_number_and_scale(n_experts, scale):
     """Sparse execution equals the dense+mask reference (outputs, parameter and input gradients) for N * r below,
-    at and above 1, and the FLOPs are one pathway's: those of S-Dense at the same r plus the routers."""
+    at and above 1, and the FLOPs are one pathway's: those of S-Dense at the same r plus the routers. In float64: the
+    claim is that both compute the same function; in float32 the two orders of summation differ by more than any
+    fixed tolerance once the CPU's own kernels are on (AVX-512 oneDNN, N = 10, r = 0.8: single entries of the stem's
+    weight gradient 4% apart)."""
     torch.manual_seed(0)
-    model = mixed_routing(create_model("resnet18", "moe", scale, n_experts, base_width=8))
-    x, y = torch.rand(2 * n_experts + 3, 3, 32, 32).requires_grad_(), torch.randint(0, 10, (2 * n_experts + 3,))
+    model = mixed_routing(create_model("resnet18", "moe", scale, n_experts, base_width=8)).double()
+    x = torch.rand(2 * n_experts + 3, 3, 32, 32, dtype=torch.float64).requires_grad_()
+    y = torch.randint(0, 10, (2 * n_experts + 3,))
     (out_s, g_s, routes), (out_d, g_d, _) = _sparse_and_reference(model, x, y)
     assert max(len(set(c.tolist())) for c in routes.values()) > 2 or n_experts == 2
-    assert torch.allclose(out_s, out_d, atol=1e-5)
+    assert torch.allclose(out_s, out_d, atol=1e-10)
     for n in g_s:
-        assert torch.allclose(g_s[n], g_d[n], atol=1e-5, rtol=1e-4), n
+        assert torch.allclose(g_s[n], g_d[n], atol=1e-10, rtol=1e-8), n
     moe, small = create_model("resnet18", "moe", scale, n_experts), create_model("resnet18", "s-dense", scale)
     routers = sum(m.router.fc.in_features * n_experts for m in moe_layers(moe).values()) / 1e9
     assert gflops(moe) == pytest.approx(gflops(small) + routers, rel=1e-9)
