@@ -18,7 +18,8 @@ from .data import REPO
 from .report import check_params
 
 PAGES = ["notebooks/tab1_overall.ipynb", "notebooks/fig1_overview.ipynb", "notebooks/fig2_at_vs_eps.ipynb",
-         "notebooks/tab2_autoattack.ipynb", "notebooks/figA2_trajectory.ipynb",
+         "notebooks/tab2_autoattack.ipynb", "notebooks/fig3_router_only.ipynb", "notebooks/fig4_fig5_dissection.ipynb",
+         "notebooks/fig6_pathway_iou.ipynb", "notebooks/figA2_trajectory.ipynb",
          "notebooks/audit_robustness.ipynb",
          "book/claims.ipynb", "book/verdicts.ipynb", "book/status.ipynb"]  # the ledger and status read what the others wrote: last
 
@@ -42,7 +43,7 @@ def execute(preset: str = "cpu", device: str = "cpu", recompute: bool = False, p
     then missing robustness audits (with their AutoAttack runs) computed the same way."""
     import papermill as pm
 
-    from . import audit
+    from . import audit, inside
     from .experiments import get_many, load
     from .report import audit_specs, fig2_specs, fig2_sweep, page_specs
     from .worstcase import worst_case_eval
@@ -61,6 +62,8 @@ def execute(preset: str = "cpu", device: str = "cpu", recompute: bool = False, p
     get_many(specs, device, progress=progress, jobs=jobs, task=worst_case_eval)
     tqdm.write("eps sweeps of the Fig. 2 models (stored ones are reused)")
     get_many(fig2_specs(preset), device, progress=progress, jobs=jobs, task=fig2_sweep)
+    tqdm.write("Fig. 3-6: router-only and backbone-only AT chains, dissections, masks (stored ones are reused)")
+    inside.precompute(preset, device, jobs, progress)
     times = {}
     for page in tqdm(pages or PAGES, desc="notebooks", disable=not progress):
         path = REPO / page

@@ -22,14 +22,12 @@ from . import numerics
 def _specs(args, every: bool = False) -> list[ex.ExperimentSpec]:
     """The preset's Table-1 slice, or with every=True every model the book shows (Fig. 1b's too)."""
     seeds = tuple(args.seeds) if args.seeds else None
+    overrides = _overrides(args.set) if getattr(args, "set", None) else {}  # every spec of a chain gets them
     if every:
         from .report import page_specs
-        specs = page_specs(args.preset, seeds)
+        specs = page_specs(args.preset, seeds, **overrides)
     else:
-        specs = ex.table1(args.preset, seeds)
-    if getattr(args, "set", None):
-        overrides = _overrides(args.set)
-        specs = [s.replace(**overrides) for s in specs]
+        specs = ex.table1(args.preset, seeds, **overrides)
     if args.only:
         specs = [s for s in specs if any(o in s.name for o in args.only)]
         if not specs:

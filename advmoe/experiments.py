@@ -28,9 +28,10 @@ from .models import check_model_args, compact, create_model
 from .train import METHODS, PARTIAL, start_from, train, trajectory_settings
 
 PRESETS = ("smoke", "cpu", "paper")
-TABLE1 = (  # (label, kind, method, scale): the paper's Table 1 rows for one (dataset, backbone) cell
+TABLE1 = (  # (label, kind, method, scale): the paper's Table 1 rows for one (dataset, backbone) cell (`row_spec`)
     ("AT (Dense)", "dense", "at", 1.0),
     ("AT (S-Dense)", "s-dense", "at", 0.5),
+    ("AT (Sparse)", "s-dense", "hydra-finetune", 0.5),  # HYDRA's chain over AT (Dense): `hydra_chain`
     ("AT (MoE)", "moe", "at", 0.5),
     ("AdvMoE", "moe", "advmoe", 0.5),
 )
@@ -150,6 +151,10 @@ class ExperimentSpec:
     def replace(self, **changes) -> "ExperimentSpec":
         return dataclasses.replace(self, **changes)
 
+    def with_seed(self, seed: int) -> "ExperimentSpec":
+        """The same experiment, chain included, trained with another seed."""
+        return self.replace(seed=seed, parent=None if self.parent is None else self.parent.with_seed(seed))
+
 
 def preset_settings(preset: str) -> dict:
     """The fields a preset sets; everything else keeps the paper's value (ExperimentSpec defaults)."""
@@ -221,9 +226,18 @@ def hydra_chain(preset: str, scale: float, dense_method: str = "at", finetune: b
     return make_spec(preset, "s-dense", "hydra-finetune", scale, parent=mask, **overrides) if finetune else mask
 
 
+def row_spec(preset: str, kind: str, method: str, scale: float = 1.0, **overrides) -> ExperimentSpec:
+    """The experiment of a table row (kind, method, scale): AT (Sparse)'s fine-tuning is the end of HYDRA's chain over
+    AT (Dense) (`hydra_chain`); every other row is one training from scratch."""
+    if method == "hydra-finetune":
+        return hydra_chain(preset, scale, **overrides)
+    return make_spec(preset, kind, method, scale, **overrides)
+
+
 def table1(preset: str, seeds: tuple[int, ...] | None = None, **overrides) -> list[ExperimentSpec]:
-    """The Table-1 slice (ResNet-18 on CIFAR-10 by default): AT(Dense), AT(S-Dense), AT(MoE), AdvMoE."""
-    return [make_spec(preset, kind, method, scale, seed=seed, **overrides)
+    """The Table-1 slice (ResNet-18 on CIFAR-10 by default): AT (Dense), AT (S-Dense), AT (Sparse), AT (MoE),
+    AdvMoE."""
+    return [row_spec(preset, **{"kind": kind, "method": method, "scale": scale, "seed": seed, **overrides})
             for seed in (seeds if seeds is not None else preset_seeds(preset))
             for _, kind, method, scale in TABLE1]
 
@@ -590,6 +604,9 @@ def get_many(specs: list[ExperimentSpec], device: str = "cpu", root: Path | None
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     resolve_device(device)
+    parents = {s.parent.hash: s.parent for s in specs if s.parent is not None}
+    if parents:  # chains: parents first, each once (two workers never train a shared parent at the same time)
+        get_many(list(parents.values()), device, root, progress=progress, jobs=jobs)
     task = task or get
     if jobs == 1 or len(specs) == 1:
         results = []

@@ -18,9 +18,17 @@ from .dissect import CATEGORIES
 from .io import bits, from_bits, from_digits
 from .models import create_model, moe_layers
 from .pathways import iou, moe_pathways
-from .report import Verdict, sec4_specs, verdict
+from .report import Verdict, per_image, sec4_specs, verdict
 
-SCALES = [0.8, 0.5, 0.2]  # Fig. 3's model scales; the Fig. 3 page's default scale_grid
+PAPER_SCALES = [0.8, 0.5, 0.2]  # Fig. 3's model scales
+
+
+def scales(preset: str) -> list[float]:
+    """The Fig. 3 page's default scale_grid at a preset: the paper's three; at cpu, the scales computed so far (r = 0.8
+    and 0.2 are plotted with one seed and computed in their own units, see the page)."""
+    if preset not in ex.PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(ex.PRESETS)}, got {preset!r}")
+    return {"smoke": [0.5, 0.2], "cpu": [0.5], "paper": PAPER_SCALES}[preset]
 VERDICT_SCALE = 0.5  # the scale of the paper's Sec. 4 numbers, and of Fig. 4-6
 FIG3 = {"M1": "M1: ST (MoE)", "theta-bar": "θ̄: AT on the routers only", "M2": "M2: AT (S-Dense)",
         "M3": "M3: HYDRA mask over ST (Dense)"}
@@ -32,14 +40,6 @@ def seeds(preset: str, scale: float) -> tuple[int, ...]:
     """The seeds of a Sec. 4 model at `scale`: all of the preset's at the verdict scale (and at `paper`)."""
     every = ex.preset_seeds(preset)
     return every if scale == VERDICT_SCALE or preset == "paper" else every[:1]
-
-
-def _per_image(values, n: int | None = None) -> dict:
-    """A metrics-like dict `verdict` reads: the mean as metric "v", the per-image values for the paired SE."""
-    if isinstance(values, str):  # a 0/1 string
-        return {"final": {"v": values.count("1") / len(values), "n_test": len(values), "correct": {"v": values}}}
-    values = [float(v) for v in values]
-    return {"final": {"v": sum(values) / len(values), "n_test": n or len(values), "correct": {"v": values}}}
 
 
 def fig3(preset: str, device: str, recompute: bool, scales: list[float]):
@@ -103,7 +103,7 @@ def _categories(d: dict) -> dict[str, str]:
 def dissection_verdicts(stored: dict, preset: str) -> list[Verdict]:
     """C4 on theta-bar, C5 between theta-bar and theta-bar-bar, and the same questions for AdvMoE vs AT (MoE)."""
     per = {label: [_categories(d) for d in ds] for label, ds in stored.items()}
-    col = lambda label, key: [_per_image(c[key]) for c in per[label]]
+    col = lambda label, key: [per_image(c[key]) for c in per[label]]
     bar, barbar = "θ̄ (routers AT)", "θ̄̄ (then backbone AT)"
     steps = next(iter(stored.values()))[0]["steps"]
     how = lambda text: verdict(*text, metric="v", preset=preset)
@@ -156,6 +156,36 @@ def pathway_measures(moe_spec: ex.ExperimentSpec, dissection: dict, mask: dict) 
 FIG6_MODELS = ("AdvMoE", "AT (MoE)")
 
 
+def page_models(preset: str, grid: list[float] | None = None) -> tuple[list, list, list]:
+    """(models, models to dissect, Sparse models whose mask Fig. 6 reads) of the Fig. 3-6 pages at a preset."""
+    models, dissect = {}, {}
+    for scale in scales(preset) if grid is None else grid:
+        for seed in seeds(preset, scale):
+            models.update({s.hash: s for s in sec4_specs(preset, scale, seed).values()})
+    for seed in ex.preset_seeds(preset):
+        for spec in dissected(preset, seed).values():
+            models[spec.hash] = dissect[spec.hash] = spec
+    masks = [ex.hydra_chain(preset, VERDICT_SCALE, seed=seed).parent for seed in ex.preset_seeds(preset)]
+    return list(models.values()), list(dissect.values()), masks
+
+
+def _dissection_task(spec, device="cpu", root=None, recompute=False, progress=True, position=0):
+    return ex.dissection(spec, None, device, root, recompute, progress)
+
+
+def _mask_task(spec, device="cpu", root=None, recompute=False, progress=True, position=0):
+    return ex.mask_channels(spec, device, root, recompute, progress)
+
+
+def precompute(preset: str, device: str = "cpu", jobs: int = 1, progress: bool = True) -> None:
+    """Train what the Fig. 3-6 pages need and compute their dissections and masks, `jobs` at a time (stored ones
+    are reused), so that the pages only read."""
+    models, dissect, masks = page_models(preset)
+    ex.get_many(models + masks, device, progress=progress, jobs=jobs)
+    ex.get_many(dissect, device, progress=progress, jobs=jobs, task=_dissection_task)
+    ex.get_many(masks, device, progress=progress, jobs=jobs, task=_mask_task)
+
+
 def fig6(preset: str, device: str, recompute: bool):
     """Fig. 6's measures per model and seed (AT (Sparse) of the same seed gives the mask), per-image rows for the
     plots, the per-seed summary, the verdicts of C11 and the records."""
@@ -176,7 +206,7 @@ def fig6(preset: str, device: str, recompute: bool):
                 rows += [dict(model=label, seed=seed, data=data, iou=v) for v in m[f"iou_mask_{data}"]]
             summary.append({"model": label, "seed": seed, "steps": d["steps"], **{
                 k: (sum(v) / len(v) if isinstance(v, list) else v) for k, v in m.items()}})
-    col = lambda label, key: [_per_image(m[key]) for m in measures[label]]
+    col = lambda label, key: [per_image(m[key]) for m in measures[label]]
     v = lambda claim, key, a, b, **kw: verdict(claim, col(a, key), col(b, key), "v", preset, **kw)
     verdicts = [
         v("AdvMoE's pathways overlap the AT (Sparse) mask less than AT (MoE)'s (clean): IoU AT (MoE) > AdvMoE",

@@ -223,6 +223,8 @@ def method_id(kind: str, method: str) -> str:
     """Our (kind, method) -> the paper's row id: ('moe', 'advmoe') -> 'advmoe', ('dense', 'at') -> 'at-dense'."""
     if method == "advmoe":
         return "advmoe"
+    if method.startswith("hydra"):
+        return "at-sparse"
     return f"{'st' if method == 'standard' else 'at'}-{kind}"
 
 
@@ -239,14 +241,20 @@ CLAIMS = [
     dict(id="C2", source="Fig. 1b", covered_by=[("fig1_overview", "ST: MoE SA > S-Dense SA"),
                                                 ("fig1_overview", "ST: Dense SA > MoE SA")],
          text="Under standard training the MoE-CNN's clean accuracy lies between S-Dense and Dense."),
-    dict(id="C3", source="Sec. 4, Insight 1, Fig. 3", covered_by=[],
+    dict(id="C3", source="Sec. 4, Insight 1, Fig. 3",
+         covered_by=[("fig3_router_only", "Router-only AT raises RA"),
+                     ("fig3_router_only", "Router-only AT stays below AT (S-Dense)")],
          text="Robustifying only the routers raises the MoE's RA (37.6% vs 0%) but stays well below AT (S-Dense)."),
-    dict(id="C4", source="Sec. 4, Insight 2, Fig. 4", covered_by=[],
+    dict(id="C4", source="Sec. 4, Insight 2, Fig. 4",
+         covered_by=[("fig4_fig5_dissection", "Robust routers are not sufficient")],
          text="Robust routers are not sufficient: over half of the attacks that leave routing intact still fool the MoE."),
-    dict(id="C5", source="Sec. 4, Insight 3, Fig. 5", covered_by=[],
+    dict(id="C5", source="Sec. 4, Insight 3, Fig. 5",
+         covered_by=[("fig4_fig5_dissection", "Robustifying θ̄'s experts raises prediction robustness"),
+                     ("fig4_fig5_dissection", "... but lowers the routers' robustness")],
          text="Robustifying the experts after the routers raises overall RA but lowers the routers' robustness."),
     dict(id="C6", source="Sec. 5.2, Table 1 (first)", covered_by=[("tab1_overall", "AdvMoE RA > AT (MoE) RA"),
-                                                                  ("tab1_overall", "AdvMoE RA > AT (S-Dense) RA")],
+                                                                  ("tab1_overall", "AdvMoE RA > AT (S-Dense) RA"),
+                                                                  ("tab1_overall", "AdvMoE RA > AT (Sparse) RA")],
          text="AdvMoE is more robust than AT (S-Dense), AT (Sparse) and AT (MoE) in every cell (by about 1-5 points)."),
     dict(id="C7", source="Sec. 5.2, Table 1 (first)", covered_by=[("tab1_overall", "AdvMoE RA > AT (Dense) RA")],
          text="AdvMoE (r = 0.5) beats AT (Dense) (r = 1) in most cells, by about 1-4 points."),
@@ -256,9 +264,13 @@ CLAIMS = [
     dict(id="C9", source="Sec. 5.2, Table 1 (fourth)", covered_by=[("tab1_overall", "MoE cuts > 50% of Dense GFLOPs")],
          text="The MoE-CNN keeps more than 50% of Dense's inference GFLOPs off."),
     dict(id="C10", source="Sec. 5.2, Table 2", covered_by=[("tab2_autoattack", "AdvMoE RA-AA > AT (S-Dense) RA-AA"),
+                                                          ("tab2_autoattack", "AdvMoE RA-AA > AT (Sparse) RA-AA"),
                                                           ("tab2_autoattack", "AdvMoE RA-AA > AT (MoE) RA-AA")],
          text="Under AutoAttack, AdvMoE still beats AT (S-Dense), AT (Sparse) and AT (MoE)."),
-    dict(id="C11", source="Sec. 5.2, Fig. 6", covered_by=[],
+    dict(id="C11", source="Sec. 5.2, Fig. 6",
+         covered_by=[("fig6_pathway_iou", "AdvMoE's pathways overlap the AT (Sparse) mask less"),
+                     ("fig6_pathway_iou", "AdvMoE's routes move less under attack"),
+                     ("fig6_pathway_iou", "AdvMoE's routing is more diverse")],
          text="AdvMoE's pathways overlap less (lower IoU) with the AT (Sparse) mask than AT (MoE)'s, and are more diverse."),
     dict(id="C12", source="Sec. 5.2, Fig. 7", covered_by=[],
          text="AdvMoE beats AT (Dense) for N < 8 and r in [0.5, 0.9]; with N >= 8 and r < 0.5 it falls behind."),

@@ -20,7 +20,7 @@ from .models import BACKBONES
 PAPER_CELLS = [(d, b) for d in ("cifar10", "cifar100") for b in ("resnet18", "wrn28-10", "vgg16", "densenet")] + \
               [(d, b) for d in ("tiny-imagenet", "imagenet") for b in ("resnet18", "wrn28-10")]
 FIG1B = (("ST (Dense)", "dense", "standard", 1.0), ("ST (S-Dense)", "s-dense", "standard", 0.5),
-         ("ST (MoE)", "moe", "standard", 0.5)) + ex.TABLE1
+         ("ST (MoE)", "moe", "standard", 0.5)) + tuple(r for r in ex.TABLE1 if r[0] != "AT (Sparse)")  # as the paper
 
 
 IPYTHON_NAMES = {"In", "Out"}  # plain-valued names IPython itself puts in a notebook's namespace
@@ -72,14 +72,21 @@ def runnable(dataset: str, backbone: str) -> str | None:
     return None
 
 
-def page_specs(preset: str, seeds: tuple[int, ...] | None = None) -> list:
+def page_specs(preset: str, seeds: tuple[int, ...] | None = None, **overrides) -> list:
     """Every experiment the book's pages show at a preset (runnable cells only): Table 1 and Fig. 1b rows,
-    for the preset's seeds or the given ones."""
+    for the preset's seeds or the given ones; overrides: spec fields to change in all of them (and their parents)."""
     rows = {r[1:] for r in ex.TABLE1 + FIG1B}
-    return [ex.make_spec(preset, kind, method, scale, dataset=d, backbone=b, seed=seed)
+    return [ex.row_spec(preset, **{"kind": kind, "method": method, "scale": scale, "seed": seed, "dataset": d,
+                                   "backbone": b, **overrides})
             for d, b in cells(preset) if runnable(d, b) is None
             for kind, method, scale in sorted(rows)
             for seed in (ex.preset_seeds(preset) if seeds is None else seeds)]
+
+
+def label(spec) -> str:
+    """The table label of a page model ("AT (Sparse)", "ST (MoE)", ...), else its name."""
+    labels = {(kind, method, scale): lbl for lbl, kind, method, scale in ex.TABLE1 + FIG1B}
+    return labels.get((spec.kind, spec.method, spec.scale), spec.name)
 
 
 def audit_specs(preset: str) -> list:
@@ -89,16 +96,19 @@ def audit_specs(preset: str) -> list:
     return page_specs(preset, ex.preset_seeds(preset)[:1])
 
 
-def collect(rows, preset: str, device: str, recompute: bool, dataset: str, backbone: str) -> list[dict]:
-    """One record per (row, seed): our metrics (None where not runnable) and the row's identity."""
+def collect(rows, preset: str, device: str, recompute: bool, dataset: str, backbone: str,
+            seeds: tuple[int, ...] | None = None, **overrides) -> list[dict]:
+    """One record per (row, seed): our metrics (None where not runnable) and the row's identity. overrides: spec
+    fields every row shares (e.g. Table A1's 10-step training attack, `ex.train_attack(10)`)."""
     records = []
     why = runnable(dataset, backbone)
     for label, kind, method, scale in rows:
-        for seed in ex.preset_seeds(preset):
+        for seed in ex.preset_seeds(preset) if seeds is None else seeds:
             rec = dict(dataset=dataset, backbone=backbone, label=label, kind=kind, method=method, scale=scale,
                        seed=seed, metrics=None, why=why)
             if why is None:
-                spec = ex.make_spec(preset, kind, method, scale, dataset=dataset, backbone=backbone, seed=seed)
+                spec = ex.row_spec(preset, kind, method, scale, dataset=dataset, backbone=backbone, seed=seed,
+                                   **overrides)
                 rec["metrics"], rec["spec"] = ex.get(spec, device, recompute=recompute, progress=False), spec
             records.append(rec)
     return records
@@ -291,6 +301,15 @@ def seeds_needed(seed_sd: float, test_se: float, target: float, most: int = 100)
     return next((k for k in range(2, most + 1) if threshold(seed_sd, test_se, k) <= target), None)
 
 
+def per_image(values, n: int | None = None) -> dict:
+    """A metrics-like dict `verdict` reads as metric "v": the mean of per-image values (a 0/1 string, or numbers),
+    with the values themselves for the paired test-set SE. For measures that are not a model's stored metric."""
+    if isinstance(values, str):
+        return {"final": {"v": values.count("1") / len(values), "n_test": len(values), "correct": {"v": values}}}
+    values = [float(v) for v in values]
+    return {"final": {"v": sum(values) / len(values), "n_test": n or len(values), "correct": {"v": values}}}
+
+
 def verdict(claim: str, a: list[dict], b: list[dict], metric: str = "ra", preset: str = "",
             also: str | None = None, scale: float = 100, unit: str = "pp") -> Verdict:
     """Is metric(a) > metric(b)? a, b: metrics dicts paired by seed (same seed, same test images).
@@ -369,7 +388,9 @@ def save_verdicts(notebook: str, preset: str, verdicts: list[Verdict], records: 
                             ("pinned numerics" if m["provenance"].get("numerics", {}).get("pinned") else "numerics not pinned")
                             + ")" for m in done}),
         "experiments": len(done),
-        "compute_seconds": sum(m["provenance"]["train_seconds_total"] + m["provenance"]["eval_seconds"] for m in done),
+        # every stored computation behind the page: training, evaluations, AutoAttack, audits, chain parents
+        "compute_seconds": sum(r["seconds"] for r in compute_seconds(
+            preset, root=root, specs=[r["spec"] for r in records if r["metrics"] is not None and r.get("spec")])),
     }
     path = Path(root or ex.results_root()) / preset / "verdicts" / f"{notebook}.json"
     atomic_write_json(payload, path)
@@ -377,14 +398,21 @@ def save_verdicts(notebook: str, preset: str, verdicts: list[Verdict], records: 
 
 
 COMPUTE_PARTS = {"metrics.json": "training + PGD", "autoattack-": "AutoAttack", "worst-case-": "worst case",
-                 "eps-sweep-": "Fig. 2 sweep", "audit-": "audit", "dissection-": "dissection"}
+                 "eps-sweep-": "Fig. 2 sweep", "audit-": "audit", "dissection-": "dissection",
+                 "mask-channels": "mask channels"}
 
 
-def compute_seconds(preset: str, seeds: tuple[int, ...] | None = None, root: Path | None = None) -> list[dict]:
+def compute_seconds(preset: str, seeds: tuple[int, ...] | None = None, root: Path | None = None,
+                    specs: list | None = None) -> list[dict]:
     """The measured compute behind the book, from the provenance of every stored result: one record per stored
-    file of every page model (and seed) with its part (`COMPUTE_PARTS`) and the worker-seconds it took."""
-    rows = []
-    for spec in page_specs(preset, seeds):
+    file of every page model (and seed), or of `specs`, and of their chain parents, each once, with its part
+    (`COMPUTE_PARTS`) and the worker-seconds it took."""
+    rows, chain = [], {}
+    for spec in page_specs(preset, seeds) if specs is None else specs:
+        while spec is not None:
+            chain.setdefault(spec.hash, spec)
+            spec = spec.parent
+    for spec in chain.values():
         folder = ex.result_dir(spec, root)
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
             part = next((v for k, v in COMPUTE_PARTS.items() if path.name.startswith(k)), None)
@@ -396,6 +424,15 @@ def compute_seconds(preset: str, seeds: tuple[int, ...] | None = None, root: Pat
             rows.append(dict(model=spec.name, kind=spec.kind, method=spec.method, seed=spec.seed, part=part,
                              seconds=seconds, commit=(p.get("git_commit") or "unknown")[:10]))
     return rows
+
+
+def compute_note(records: list[dict], preset: str) -> str:
+    """One line for a page: the measured worker-minutes of everything its records stand on (models, their parents,
+    every stored evaluation of them), from provenance."""
+    rows = compute_seconds(preset, specs=[r["spec"] for r in records if r.get("spec") is not None])
+    total = sum(r["seconds"] for r in rows) / 60
+    return (f"Compute behind this page, measured: {total:.0f} worker-minutes over {len({r['model'] for r in rows})} "
+            f"models and their evaluations (shared with other pages where the models are the same).")
 
 
 def load_verdicts(preset: str, root: Path | None = None) -> dict[str, dict]:
@@ -515,7 +552,7 @@ def plateau_verdict(claim: str, model: str, df, metric: str, preset: str = "",
     if d.empty:
         return Verdict(claim, "not run", None, None, "no per-epoch values stored at this preset")
     last = int(d.epoch.max())
-    first = math.ceil(0.75 * last)
+    first = max(1, min(last - 1, math.ceil(0.75 * last)))  # 8 epochs: 6 -> 8
     wide = d.pivot_table(index="seed", columns="epoch", values=metric)
     deltas = (wide[last] - wide[first]).dropna().tolist()
     k = len(deltas)

@@ -72,7 +72,7 @@ def seed_spread(spec: ex.ExperimentSpec, root: Path | None = None) -> dict[str, 
     values: dict[str, list[float]] = {}
     for seed in range(32):
         try:
-            m = ex.load(spec.replace(seed=seed), root)
+            m = ex.load(spec.with_seed(seed), root)
         except FileNotFoundError:
             continue
         for k in ("sa", "ra"):

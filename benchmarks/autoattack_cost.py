@@ -29,7 +29,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     row = next(r for r in ex.TABLE1 if r[0] == args.label)
-    spec = ex.make_spec(args.preset, row[1], row[2], row[3])
+    spec = ex.row_spec(args.preset, row[1], row[2], row[3])
     model = ex.load_model(spec)
     test = datalib.load(spec.dataset, "test", subset=spec.test_subset, seed=ex.SUBSET_SEED).subset(args.n, ex.SUBSET_SEED)
     x, y = datalib.to_float(test.images), test.labels

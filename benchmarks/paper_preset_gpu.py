@@ -17,7 +17,7 @@ import torch
 
 from advmoe import bench
 from advmoe.attacks import pgd
-from advmoe.experiments import TABLE1, make_spec, preset_seeds
+from advmoe.experiments import TABLE1, preset_seeds, row_spec
 from advmoe.io import atomic_write_json
 from advmoe.models import create_model
 from advmoe.train import iteration, make_optimizers
@@ -46,10 +46,16 @@ def main() -> dict:
     torch.backends.cudnn.benchmark = False
     seeds = len(preset_seeds("paper"))
     rows = {}
-    for label, kind, method, scale in TABLE1:
-        spec = make_spec("paper", kind, method, scale)
+    jobs = []
+    for label, *row in TABLE1:
+        spec = row_spec("paper", *row)
+        if spec.method == "hydra-finetune":  # AT (Sparse): the mask stage (Dense width, masked), then fine-tuning
+            jobs.append((f"{label}, mask stage", spec.parent))
+            label = f"{label}, fine-tuning"
+        jobs.append((label, spec))
+    for label, spec in jobs:
         torch.manual_seed(0)
-        model = bench.mixed_routing(create_model("resnet18", kind, scale, spec.n_experts)).to(dev)
+        model = bench.mixed_routing(create_model("resnet18", spec.kind, spec.scale, spec.n_experts)).to(dev)
         opt = make_optimizers(model, spec)
         x = torch.rand(spec.batch_size, 3, 32, 32, device=dev)
         y = torch.randint(0, 10, (spec.batch_size,), device=dev)

@@ -6,7 +6,7 @@ SA/RA and the per-image correctness. `--combine` then reports each model's seed 
 comparisons, the seed SD of the paired gap, the paired test-set SE and the threshold the book's verdict
 rule would need with that many seeds.
 
-    python benchmarks/seed_spread.py --preset cpu --model 2 --seeds 0 1 2 --device cuda --output DIR
+    python benchmarks/seed_spread.py --preset cpu --model "AT (MoE)" --seeds 0 1 2 --device cuda --output DIR
     python benchmarks/seed_spread.py --combine DIR/*.json --output results/bench/seed-spread-cpu.json
 """
 from __future__ import annotations
@@ -24,12 +24,12 @@ from advmoe.io import atomic_write_json
 COMPARISONS = [("AdvMoE", "AT (MoE)"), ("AdvMoE", "AT (S-Dense)"), ("AdvMoE", "AT (Dense)"), ("AT (S-Dense)", "AT (MoE)")]
 
 
-def train(preset: str, model: int, seeds: list[int], device: str, output: Path, overrides: dict) -> None:
-    label, kind, method, scale = ex.TABLE1[model]
+def train(preset: str, model: str, seeds: list[int], device: str, output: Path, overrides: dict) -> None:
+    label, kind, method, scale = next(row for row in ex.TABLE1 if row[0] == model)
     runs = []
     with tempfile.TemporaryDirectory() as root:
         for seed in seeds:
-            spec = ex.make_spec(preset, kind, method, scale, seed=seed, **overrides)
+            spec = ex.row_spec(preset, kind, method, scale, seed=seed, **overrides)
             t0 = time.perf_counter()
             m = ex.run(spec, device, Path(root), progress=False)
             runs.append({"seed": seed, "hash": spec.hash, "final": {k: m["final"][k] for k in ("sa", "ra", "n_test", "correct")},
@@ -37,7 +37,7 @@ def train(preset: str, model: int, seeds: list[int], device: str, output: Path, 
             print(f"{label} seed {seed}: SA {100 * m['final']['sa']:.1f} RA {100 * m['final']['ra']:.1f} "
                   f"({runs[-1]['seconds']:.0f}s)", flush=True)
     atomic_write_json({"preset": preset, "overrides": overrides, "label": label, "runs": runs},
-                      output / f"seed-spread-{model}-s{'-'.join(map(str, seeds))}.json")
+                      output / f"seed-spread-{kind}-{method}-s{'-'.join(map(str, seeds))}.json")
 
 
 def combine(files: list[str], output: str | None) -> dict:
@@ -69,7 +69,7 @@ def combine(files: list[str], output: str | None) -> dict:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="cpu")
-    p.add_argument("--model", type=int, help="index into the Table-1 slice (0 AT (Dense) ... 3 AdvMoE)")
+    p.add_argument("--model", choices=[row[0] for row in ex.TABLE1], help="a Table-1 row, by its label")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--device", default="cpu")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="spec overrides (JSON values)")

@@ -21,13 +21,15 @@ def test_spec_hash_is_stable_and_sensitive():
 
 def test_paper_preset_is_the_paper_protocol():
     specs = ex.table1("paper")
-    assert len(specs) == 4 * 3  # Table 1: four methods, three trials
+    assert len(specs) == 5 * 3  # Table 1: five methods, three trials
     s = specs[0]
     assert (s.epochs, s.batch_size, s.lr, s.momentum, s.weight_decay, s.beta) == (100, 128, 0.1, 0.9, 5e-4, 6.0)
     assert (s.train_eps, s.train_steps, s.eval_eps, s.eval_step_size, s.eval_steps) == (8 / 255, 2, 8 / 255, 2 / 255, 50)
     assert (s.base_width, s.dataset, s.train_subset, s.test_subset) == (64, "cifar10", None, None)
-    assert [(x.kind, x.method, x.scale) for x in specs[:4]] == [
-        ("dense", "at", 1.0), ("s-dense", "at", 0.5), ("moe", "at", 0.5), ("moe", "advmoe", 0.5)]
+    assert [(x.kind, x.method, x.scale) for x in specs[:5]] == [("dense", "at", 1.0), ("s-dense", "at", 0.5),
+                                                                ("s-dense", "hydra-finetune", 0.5), ("moe", "at", 0.5),
+                                                                ("moe", "advmoe", 0.5)]
+    assert specs[2].parent.parent == specs[0]  # AT (Sparse) starts from AT (Dense), HYDRA's mask stage between
 
 
 @pytest.mark.parametrize("changes,needle", [

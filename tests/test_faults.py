@@ -171,6 +171,6 @@ def test_sigterm_stops_parallel_workers_too(env):
     time.sleep(1)
     alive = [w for w in workers if os.path.exists(f"/proc/{w}") and "Z" not in open(f"/proc/{w}/stat").read().split()[2]]
     assert not alive, f"workers still running after the parent stopped: {alive}"
-    for spec in ex.table1("smoke"):
-        assert not list(ex.result_dir(spec.replace(**{k: json.loads(v) if v[0].isdigit() else v for k, v in
-                                                       (p.split("=") for p in SETTINGS + ["epochs=50"])})).glob(".*.tmp"))
+    settings = {k: json.loads(v) if v[0].isdigit() else v for k, v in (p.split("=") for p in SETTINGS + ["epochs=50"])}
+    for spec in ex.table1("smoke", **settings):
+        assert not list(ex.result_dir(spec).glob(".*.tmp"))

@@ -28,6 +28,16 @@ def smoke_results(tmp_path_factory):
         os.environ["ADVMOE_RESULTS"] = old
 
 
+def test_precompute_stores_every_model_dissection_and_mask_the_pages_read(smoke_results):
+    inside.precompute("smoke", jobs=1, progress=False)
+    models, dissect, masks = inside.page_models("smoke")
+    assert len(dissect) == 4 * len(ex.preset_seeds("smoke")) and all(m.kind == "sparse" for m in masks)
+    for spec in models + masks:
+        ex.load(spec)  # raises if missing
+    assert all(ex.read_evaluation(ex.result_dir(s) / "dissection-pgd5.json", s) for s in dissect)
+    assert all(ex.read_evaluation(ex.result_dir(s) / "mask-channels.json", s) for s in masks)
+
+
 def test_fig3_trains_the_chains_and_decides_at_the_verdict_scale_only(smoke_results):
     df, verdicts, records = inside.fig3("smoke", "cpu", False, [0.5, 0.2])
     seeds = ex.preset_seeds("smoke")
@@ -72,3 +82,12 @@ def test_fig6_pathway_measures_are_consistent_with_the_routes(smoke_results):
     assert m["distinct_clean"] == diversity(routes)["distinct"]
     # N * r = 1: every input's pathway holds half of each MoE layer's full-width channels, as the mask does
     assert all(0 <= v <= 1 for v in m["iou_mask_clean"]) and not math.isnan(sum(m["iou_mask_clean"]))
+
+
+def test_scale_grids_per_preset():
+    assert inside.scales("paper") == inside.PAPER_SCALES == [0.8, 0.5, 0.2]
+    assert set(inside.scales("cpu")) <= set(inside.PAPER_SCALES) and inside.VERDICT_SCALE in inside.scales("cpu")
+    assert inside.seeds("cpu", 0.5) == ex.preset_seeds("cpu") and inside.seeds("cpu", 0.8) == (0,)
+    assert inside.seeds("paper", 0.8) == ex.preset_seeds("paper")  # the paper preset decides at every scale
+    with pytest.raises(ValueError, match="preset must be one of"):
+        inside.scales("huge")

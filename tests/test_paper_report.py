@@ -103,13 +103,16 @@ def test_paper_preset_covers_every_table1_cell_and_says_what_is_missing():
 
 
 def test_claims_ledger_references_real_verdicts():
-    import nbformat
+    """Every (page, claim prefix) of the ledger names a page of the book and matches a verdict that page stored
+    when it was executed at the cpu preset (the committed results)."""
     from advmoe.book import PAGES
-    sources = {p.split("/")[-1][:-6]: nbformat.read(p, 4) for p in PAGES if p.startswith("notebooks/")}
+    pages = {p.split("/")[-1][:-6] for p in PAGES if p.startswith("notebooks/")}
+    from advmoe.data import REPO
+    stored = R.load_verdicts("cpu", REPO / "results")
     for claim in paper.CLAIMS:
         for nb, prefix in claim["covered_by"]:
-            text = "".join(c.source for c in sources[nb].cells)
-            assert prefix.split(" at every")[0].split(" RA >")[0] in text, (claim["id"], prefix)
+            assert nb in pages, (claim["id"], nb)
+            assert any(v["claim"].startswith(prefix) for v in stored[nb]["verdicts"]), (claim["id"], prefix)
 
 
 @pytest.mark.parametrize("notebook, params, needle", [
@@ -117,6 +120,9 @@ def test_claims_ledger_references_real_verdicts():
     ("notebooks/tab2_autoattack.ipynb", {"recompute": "no"}, "recompute must be True or False"),
     ("notebooks/audit_robustness.ipynb", {"eps": 0.1}, "unknown parameter(s) eps"),
     ("notebooks/fig2_at_vs_eps.ipynb", {"eps_grid": [-1]}, "eps_grid must hold numbers in [0, 255]"),
+    ("notebooks/fig3_router_only.ipynb", {"scale_grid": [0.5, 0]}, "scale_grid must hold model scales r in (0, 1]"),
+    ("notebooks/fig3_router_only.ipynb", {"preset": "huge"}, "preset must be one of smoke, cpu, paper"),
+    ("notebooks/fig6_pathway_iou.ipynb", {"steps": 3}, "unknown parameter(s) steps"),
 ])
 def test_a_notebook_with_bad_parameters_stops_in_its_first_code_cell(notebook, params, needle, tmp_path):
     import nbformat
@@ -142,7 +148,10 @@ def test_page_specs_follow_the_preset_seeds_or_the_given_ones():
     first = R.page_specs("cpu", (0,))
     extra = R.page_specs("cpu", (1, 2))
     assert {s.seed for s in extra} == {1, 2} and len(extra) == 2 * len(first) and len(default) == 3 * len(first)
-    assert {s.replace(seed=0).hash for s in extra} == {s.hash for s in first}  # same models, other seeds
+    model = lambda s: (s.kind, s.method, s.scale)
+    assert sorted(model(s) for s in extra if s.seed == 1) == sorted(model(s) for s in first)  # same models
+    chain = lambda s: [s] + chain(s.parent) if s.parent else [s]
+    assert all({p.seed for p in chain(s)} == {s.seed} for s in extra)  # a chain's parents have the child's seed
 
 
 def test_section4_models_chain_as_the_paper_describes():
@@ -186,3 +195,33 @@ def test_plateau_verdict_is_an_equivalence_test_on_the_last_quarter():
     one_seed = _curves({0: [10, 30, 40, 40, 40, 40, 40, 40]})
     assert "one seed" in R.plateau_verdict(claim, "AdvMoE", one_seed, "ra", "cpu").detail
     assert R.plateau_verdict(claim, "AT (MoE)", flat, "ra", "cpu").status == "not run"
+
+
+def test_at_sparse_is_a_table1_row_built_as_hydras_chain():
+    specs = {s.name: s for s in R.ex.table1("cpu", (0,))}
+    sparse = next(s for s in specs.values() if s.method == "hydra-finetune")
+    assert sparse == R.ex.hydra_chain("cpu", 0.5, seed=0) and sparse.kind == "s-dense"
+    assert sparse.parent.parent in specs.values()  # its Dense parent is the AT (Dense) row itself
+    assert R.paper.method_id(sparse.kind, sparse.method) == "at-sparse"
+    assert R.paper.value("cifar10-jpeg", "resnet18", "at-sparse", 0.5, "ra") == (47.93, 0.17)
+    assert sparse in R.page_specs("cpu", (0,)) and "AT (Sparse)" not in {r[0] for r in R.FIG1B}  # as the paper's Fig. 1b
+    assert sparse.with_seed(2) == R.ex.hydra_chain("cpu", 0.5, seed=2)  # the whole chain changes seed
+
+
+def test_compute_seconds_count_a_chain_parent_once(tmp_path):
+    from advmoe.io import atomic_write_json
+
+    sparse = R.ex.hydra_chain("smoke", 0.5, seed=0)
+    for spec, seconds in ((sparse, 10.0), (sparse.parent, 20.0), (sparse.parent.parent, 30.0)):
+        atomic_write_json({"hash": spec.hash, "provenance": {"train_seconds_total": seconds, "eval_seconds": 1.0,
+                                                             "git_commit": "abc"}},
+                          R.ex.result_dir(spec, tmp_path) / "metrics.json")
+    rows = R.compute_seconds("smoke", (0,), tmp_path)
+    assert sorted(r["seconds"] for r in rows) == [11.0, 21.0, 31.0]  # the mask stage counted, AT (Dense) once
+
+
+def test_label_names_every_page_model_and_falls_back_to_the_spec_name():
+    assert R.label(R.ex.hydra_chain("cpu", 0.5, seed=2)) == "AT (Sparse)"
+    assert R.label(R.ex.make_spec("cpu", "moe", "standard", 0.5, seed=1)) == "ST (MoE)"
+    odd = R.ex.make_spec("cpu", "moe", "advmoe", 0.8)
+    assert R.label(odd) == odd.name
