@@ -1,0 +1,106 @@
+"""Model scale and expert number (paper Sec. 5.2, Fig. 7 and 8; Appendix C, Tables A1 and A2): what those pages call.
+
+Fig. 7: AdvMoE's RA over expert numbers N and model scales r, against AT (Dense) (r = 1). The paper finds an
+effective regime (N < 8 and r in [0.5, 0.9]) where AdvMoE beats AT (Dense), and an ineffective one (N >= 8 and
+r < 0.5) where it falls behind. Fig. 8 / Table A2: Table 1's r = 0.5 methods at other scales. Table A1: the Table-1
+slice trained with a 10-step attack. A point a verdict reads has the preset's seeds, any other point its first seed
+only (plotted, never decided); at the paper preset every point has every seed.
+"""
+from __future__ import annotations
+
+from . import experiments as ex
+from .report import Verdict, collect, combine, per_image, verdict
+
+GRIDS = {  # preset -> (expert numbers N, model scales r) of Fig. 7
+    "smoke": ([2, 8], [0.2, 0.5]),
+    "cpu": ([2, 5, 10], [0.2, 0.5, 0.8]),
+    "paper": ([2, 5, 8, 10], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]),
+}
+VERDICT_POINTS = {"smoke": [(2, 0.5), (8, 0.2)], "cpu": [(2, 0.5), (5, 0.8), (10, 0.2)]}  # paper: every point
+FIG8_SCALES = {"smoke": [0.2, 0.5], "cpu": [0.2, 0.5, 0.8], "paper": [0.2, 0.5, 0.8]}
+FIG8_ROWS = tuple(row for row in ex.TABLE1 if row[0] != "AT (Dense)")  # the r = 0.5 methods, at every r
+
+
+def regime(n: int, r: float) -> str | None:
+    """The paper's reading of Fig. 7: 'effective' (N < 8, r in [0.5, 0.9]), 'ineffective' (N >= 8, r < 0.5), else
+    None (the figure claims nothing there)."""
+    if n < 8 and 0.5 <= r <= 0.9:
+        return "effective"
+    if n >= 8 and r < 0.5:
+        return "ineffective"
+    return None
+
+
+def point_seeds(preset: str, n: int, r: float) -> tuple[int, ...]:
+    seeds = ex.preset_seeds(preset)
+    return seeds if preset == "paper" or (n, r) in VERDICT_POINTS[preset] else seeds[:1]
+
+
+def fig7(preset: str, device: str, recompute: bool, experts_grid: list[int], scale_grid: list[float]):
+    """AdvMoE's RA at each (N, r) and seed, AT (Dense)'s for reference; the verdicts of both regimes; the records."""
+    import pandas as pd
+
+    dataset = ex.preset_settings(preset)["dataset"]
+    dense = collect([ex.TABLE1[0]], preset, device, recompute, dataset, "resnet18")
+    rows = [dict(model="AT (Dense)", n=None, r=1.0, seed=d["seed"], ra=100 * d["metrics"]["final"]["ra"]) for d in dense]
+    records, by = list(dense), {}
+    for n in experts_grid:
+        for r in scale_grid:
+            for seed in point_seeds(preset, n, r):
+                spec = ex.make_spec(preset, "moe", "advmoe", r, n_experts=n, seed=seed)
+                m = ex.get(spec, device, recompute=recompute, progress=False)
+                by.setdefault((n, r), []).append(m)
+                records.append(dict(label=f"AdvMoE N={n} r={r:g}", seed=seed, metrics=m, spec=spec))
+                rows.append(dict(model="AdvMoE", n=n, r=r, seed=seed, ra=100 * m["final"]["ra"]))
+    base = [d["metrics"] for d in dense]
+    parts = {"effective": [], "ineffective": []}
+    for (n, r), ms in by.items():
+        kind = regime(n, r)
+        if kind == "effective" and len(ms) > 1:
+            parts[kind].append(verdict(f"AdvMoE (N = {n}, r = {r:g}) RA > AT (Dense) RA", ms, base[:len(ms)], preset=preset))
+        elif kind == "ineffective" and len(ms) > 1:
+            parts[kind].append(verdict(f"AT (Dense) RA > AdvMoE (N = {n}, r = {r:g}) RA", base[:len(ms)], ms, preset=preset))
+    verdicts = parts["effective"] + parts["ineffective"]
+    for kind, claim in (("effective", "AdvMoE beats AT (Dense) where N < 8 and r in [0.5, 0.9]"),
+                        ("ineffective", "AdvMoE falls behind AT (Dense) where N >= 8 and r < 0.5")):
+        verdicts.append(combine(claim, parts[kind]) if parts[kind] else
+                        Verdict(claim, "not run", None, None, "no point of this regime with several seeds in the grid"))
+    return pd.DataFrame(rows), verdicts, records
+
+
+def fig8(preset: str, device: str, recompute: bool, scale_grid: list[float]):
+    """Every Table-1 method at each scale (AT (Dense) at r = 1), with the verdicts: AdvMoE beats each same-r baseline
+    (per r, then all of them), and its gain over the best baseline grows from the smallest r to the largest."""
+    dataset = ex.preset_settings(preset)["dataset"]
+    records = collect([ex.TABLE1[0]], preset, device, recompute, dataset, "resnet18")
+    for r in scale_grid:
+        records += collect([(label, kind, method, r) for label, kind, method, _ in FIG8_ROWS], preset, device,
+                           recompute, dataset, "resnet18")
+    get = lambda label, r: [x["metrics"] for x in records if x["label"] == label and x["scale"] == r]
+    verdicts, gains = [], {}
+    for r in scale_grid:
+        baselines = [label for label, *_ in FIG8_ROWS if label != "AdvMoE"]
+        parts = [verdict(f"AdvMoE RA > {b} RA at r = {r:g}", get("AdvMoE", r), get(b, r), preset=preset) for b in baselines]
+        verdicts += parts + [combine(f"AdvMoE beats every same-r baseline at r = {r:g}", parts)]
+        best = max(baselines, key=lambda b: sum(m["final"]["ra"] for m in get(b, r)))
+        gains[r] = [per_image([int(x) - int(y) for x, y in zip(a["final"]["correct"]["pgd"], b["final"]["correct"]["pgd"])])
+                    for a, b in zip(get("AdvMoE", r), get(best, r))]
+    lo, hi = min(scale_grid), max(scale_grid)
+    if lo != hi:
+        verdicts.append(verdict(f"AdvMoE's gain over the best same-r baseline grows with r: larger at r = {hi:g} than at "
+                                f"r = {lo:g}", gains[hi], gains[lo], "v", preset))
+    return records, verdicts
+
+
+def table_a1(preset: str, device: str, recompute: bool):
+    """The Table-1 slice trained with a 10-step attack (`ex.train_attack(10)`), and C13's verdicts: AdvMoE beats each
+    baseline (RA-PGD, with the worst case over every attack as the second metric)."""
+    from .report import with_autoattack
+
+    dataset = ex.preset_settings(preset)["dataset"]
+    records = collect(ex.TABLE1, preset, device, recompute, dataset, "resnet18", **ex.train_attack(10))
+    records = with_autoattack(records, device, recompute)
+    get = lambda label: [x["metrics"] for x in records if x["label"] == label]
+    verdicts = [verdict(f"10-step training: AdvMoE RA > {label} RA", get("AdvMoE"), get(label), preset=preset,
+                        also="ra_worst") for label, *_ in ex.TABLE1 if label != "AdvMoE"]
+    return records, verdicts + [combine("With a 10-step training attack AdvMoE beats every baseline", verdicts)]

@@ -1,0 +1,57 @@
+"""Fig. 7, Fig. 8 / Table A2 and Table A1 (advmoe.scale) at the smoke preset: grids, seeds per point, verdicts."""
+import os
+
+import pytest
+
+from advmoe import data as datalib
+from advmoe import experiments as ex
+from advmoe import scale
+
+pytestmark = pytest.mark.skipif(not (datalib.data_dir() / "cifar10-jpeg").is_dir() and os.environ.get("CI") != "true",
+                                reason="the CIFAR-10 JPEG copy is not unpacked (advmoe fetch cifar10-jpeg); CI always has it")
+STATUSES = {"reproduced", "not reproduced", "inconclusive"}
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory):
+    old = os.environ.get("ADVMOE_RESULTS")
+    os.environ["ADVMOE_RESULTS"] = str(tmp_path_factory.mktemp("results"))
+    yield
+    if old is None:
+        del os.environ["ADVMOE_RESULTS"]
+    else:
+        os.environ["ADVMOE_RESULTS"] = old
+
+
+def test_regimes_follow_the_papers_reading_of_fig7():
+    assert scale.regime(2, 0.5) == scale.regime(5, 0.9) == "effective"
+    assert scale.regime(8, 0.2) == scale.regime(10, 0.4) == "ineffective"
+    assert scale.regime(8, 0.5) is None and scale.regime(2, 0.2) is None and scale.regime(5, 0.95) is None
+    for preset, points in scale.VERDICT_POINTS.items():
+        experts, scales = scale.GRIDS[preset]
+        assert all(n in experts and r in scales and scale.regime(n, r) for n, r in points)
+        assert {scale.regime(n, r) for n, r in points} == {"effective", "ineffective"}  # both regimes decided
+    assert scale.point_seeds("cpu", 2, 0.5) == ex.preset_seeds("cpu") and scale.point_seeds("cpu", 5, 0.2) == (0,)
+
+
+def test_fig7_decides_both_regimes_from_the_verdict_points(smoke_results):
+    experts, scales = scale.GRIDS["smoke"]
+    df, verdicts, records = scale.fig7("smoke", "cpu", False, experts, scales)
+    advmoe = df[df.model == "AdvMoE"]
+    assert len(advmoe) == 2 * 2 + 2 * 1 and set(advmoe.n) == set(experts)  # verdict points: both seeds
+    assert len(df[df.model == "AT (Dense)"]) == len(ex.preset_seeds("smoke"))
+    assert [v.claim for v in verdicts[-2:]] == ["AdvMoE beats AT (Dense) where N < 8 and r in [0.5, 0.9]",
+                                                "AdvMoE falls behind AT (Dense) where N >= 8 and r < 0.5"]
+    assert len(verdicts) == 4 and {v.status for v in verdicts} <= STATUSES
+    n8 = next(r for r in records if r["label"] == "AdvMoE N=8 r=0.2")
+    assert n8["spec"].n_experts == 8 and len(n8["metrics"]["final"]["routing"]["clean"]["layers.0.0.conv1"]) == 8
+
+
+def test_fig8_compares_same_r_baselines_and_the_growth_of_the_gain(smoke_results):
+    records, verdicts = scale.fig8("smoke", "cpu", False, [0.2, 0.5])
+    assert {(r["label"], r["scale"]) for r in records} >= {("AT (Sparse)", 0.2), ("AdvMoE", 0.5), ("AT (Dense)", 1.0)}
+    sparse = next(r["spec"] for r in records if r["label"] == "AT (Sparse)" and r["scale"] == 0.2)
+    assert sparse == ex.hydra_chain("smoke", 0.2, seed=0)
+    claims = [v.claim for v in verdicts]
+    assert "AdvMoE beats every same-r baseline at r = 0.2" in claims and claims[-1].startswith("AdvMoE's gain")
+    assert {v.status for v in verdicts} <= STATUSES
