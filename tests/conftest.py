@@ -45,3 +45,20 @@ def tiny_data(tmp_path, monkeypatch):
     monkeypatch.setenv("ADVMOE_DATA", str(data))
     monkeypatch.setenv("ADVMOE_RESULTS", str(tmp_path / "results"))
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory):
+    """ADVMOE_RESULTS pointed at a fresh directory for one test module that trains smoke-preset models on the CIFAR-10
+    JPEG copy (skipped where it is not unpacked; CI always has it)."""
+    from advmoe import data as datalib
+
+    if not (datalib.data_dir() / "cifar10-jpeg").is_dir() and os.environ.get("CI") != "true":
+        pytest.skip("the CIFAR-10 JPEG copy is not unpacked (advmoe fetch cifar10-jpeg); CI always has it")
+    old = os.environ.get("ADVMOE_RESULTS")
+    os.environ["ADVMOE_RESULTS"] = str(tmp_path_factory.mktemp("results"))
+    yield
+    if old is None:
+        del os.environ["ADVMOE_RESULTS"]
+    else:
+        os.environ["ADVMOE_RESULTS"] = old

@@ -1,31 +1,16 @@
 """Fig. 3-6 (advmoe.inside) at the smoke preset: the chains train, the measures are consistent, the verdicts decide."""
 import math
-import os
 
 import pytest
 import torch
 
-from advmoe import data as datalib
 from advmoe import experiments as ex
 from advmoe import inside
 from advmoe.dissect import CATEGORIES
 from advmoe.io import from_bits, from_digits
 from advmoe.pathways import diversity
 
-pytestmark = pytest.mark.skipif(not (datalib.data_dir() / "cifar10-jpeg").is_dir() and os.environ.get("CI") != "true",
-                                reason="the CIFAR-10 JPEG copy is not unpacked (advmoe fetch cifar10-jpeg); CI always has it")
 STATUSES = {"reproduced", "not reproduced", "inconclusive"}
-
-
-@pytest.fixture(scope="module")
-def smoke_results(tmp_path_factory):
-    old = os.environ.get("ADVMOE_RESULTS")
-    os.environ["ADVMOE_RESULTS"] = str(tmp_path_factory.mktemp("results"))
-    yield
-    if old is None:
-        del os.environ["ADVMOE_RESULTS"]
-    else:
-        os.environ["ADVMOE_RESULTS"] = old
 
 
 def test_precompute_stores_every_model_dissection_and_mask_the_pages_read(smoke_results):

@@ -1,26 +1,11 @@
 """Fig. 7, Fig. 8 / Table A2 and Table A1 (advmoe.scale) at the smoke preset: grids, seeds per point, verdicts."""
-import os
 
 import pytest
 
-from advmoe import data as datalib
 from advmoe import experiments as ex
 from advmoe import scale
 
-pytestmark = pytest.mark.skipif(not (datalib.data_dir() / "cifar10-jpeg").is_dir() and os.environ.get("CI") != "true",
-                                reason="the CIFAR-10 JPEG copy is not unpacked (advmoe fetch cifar10-jpeg); CI always has it")
 STATUSES = {"reproduced", "not reproduced", "inconclusive"}
-
-
-@pytest.fixture(scope="module")
-def smoke_results(tmp_path_factory):
-    old = os.environ.get("ADVMOE_RESULTS")
-    os.environ["ADVMOE_RESULTS"] = str(tmp_path_factory.mktemp("results"))
-    yield
-    if old is None:
-        del os.environ["ADVMOE_RESULTS"]
-    else:
-        os.environ["ADVMOE_RESULTS"] = old
 
 
 def test_regimes_follow_the_papers_reading_of_fig7():
