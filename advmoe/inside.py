@@ -21,6 +21,11 @@ from .pathways import iou, moe_pathways
 from .report import Verdict, per_image, sec4_specs, verdict
 
 PAPER_SCALES = [0.8, 0.5, 0.2]  # Fig. 3's model scales
+VERDICT_SCALE = 0.5  # the scale of the paper's Sec. 4 numbers, and of Fig. 4-6
+FIG3 = {"M1": "M1: ST (MoE)", "theta-bar": "θ̄: AT on the routers only", "M2": "M2: AT (S-Dense)",
+        "M3": "M3: HYDRA mask over ST (Dense)"}
+PAPER_FIG3 = {"theta-bar": 37.64, "M1": 0.0, "M3": 20.04, "M2": 47.68}  # Sec. 4 text, r = 0.5, PGD-50 RA (%)
+PAPER_FIG4 = {"routing unchanged, prediction correct": 31.74, "routing unchanged": 76.27}  # theta-bar, r = 0.5
 
 
 def scales(preset: str) -> list[float]:
@@ -29,11 +34,6 @@ def scales(preset: str) -> list[float]:
     if preset not in ex.PRESETS:
         raise ValueError(f"preset must be one of {', '.join(ex.PRESETS)}, got {preset!r}")
     return {"smoke": [0.5, 0.2], "cpu": [0.5], "paper": PAPER_SCALES}[preset]
-VERDICT_SCALE = 0.5  # the scale of the paper's Sec. 4 numbers, and of Fig. 4-6
-FIG3 = {"M1": "M1: ST (MoE)", "theta-bar": "θ̄: AT on the routers only", "M2": "M2: AT (S-Dense)",
-        "M3": "M3: HYDRA mask over ST (Dense)"}
-PAPER_FIG3 = {"theta-bar": 37.64, "M1": 0.0, "M3": 20.04, "M2": 47.68}  # Sec. 4 text, r = 0.5, PGD-50 RA (%)
-PAPER_FIG4 = {"routing unchanged, prediction correct": 31.74, "routing unchanged": 76.27}  # theta-bar, r = 0.5
 
 
 def seeds(preset: str, scale: float) -> tuple[int, ...]:
@@ -42,12 +42,13 @@ def seeds(preset: str, scale: float) -> tuple[int, ...]:
     return every if scale == VERDICT_SCALE or preset == "paper" else every[:1]
 
 
-def fig3(preset: str, device: str, recompute: bool, scales: list[float]):
-    """RA and SA of M1, theta-bar, M2 and M3 at each scale and seed; the verdicts at VERDICT_SCALE; the records."""
+def fig3(preset: str, device: str, recompute: bool, grid: list[float]):
+    """RA and SA of M1, theta-bar, M2 and M3 at each scale of `grid` and seed; the verdicts at VERDICT_SCALE (when in
+    the grid); the records."""
     import pandas as pd
 
     rows, records, by = [], [], {}
-    for scale in scales:
+    for scale in grid:
         for seed in seeds(preset, scale):
             specs = sec4_specs(preset, scale, seed)
             for key, label in FIG3.items():
@@ -57,7 +58,7 @@ def fig3(preset: str, device: str, recompute: bool, scales: list[float]):
                 rows.append(dict(model=key, label=label, scale=scale, seed=seed, ra=100 * m["final"]["ra"],
                                  sa=100 * m["final"]["sa"], steps=specs[key].eval_steps))
     verdicts = []
-    if VERDICT_SCALE in scales:
+    if VERDICT_SCALE in grid:
         get = lambda key: by[(key, VERDICT_SCALE)]
         r = f" (r = {VERDICT_SCALE:g})"
         verdicts = [verdict("Router-only AT raises RA: θ̄ RA > M1 RA" + r, get("theta-bar"), get("M1"), preset=preset),
