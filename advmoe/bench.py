@@ -32,17 +32,21 @@ def mixed_routing(model):
     return model
 
 
-def interleaved(fns: dict, repeats: int) -> dict:
+def interleaved(fns: dict, repeats: int, bar=None) -> dict:
     """Median time of each function, measured in rounds (A, B, C, A, B, C, ...) so that drift in the
-    machine's speed hits every function alike."""
+    machine's speed hits every function alike. bar: a tqdm bar, advanced once per round (warm-up included)."""
     for fn in fns.values():
         fn()  # warm-up
+    if bar is not None:
+        bar.update()
     times = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
             t = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t)
+        if bar is not None:
+            bar.update()
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -222,3 +226,27 @@ def moe_cost(width: int = 16, batch: int = 256, train_batch: int = 128, rounds: 
             "seconds_per_round": [r["seconds"] for r in runs], "ratio_per_round": ratios,
             "ratio_median": {k: statistics.median(v) for k, v in ratios.items()},
             "targets": {"train": 1.15, "inference": 1.10}, "numerics": runs[0]["numerics"], "torch": torch.__version__}
+
+
+def config(spec) -> tuple:
+    """What one training iteration of `spec` costs depends on: model shape, method, attack steps, batch."""
+    return (spec.backbone, spec.kind, spec.method, spec.scale, spec.n_experts, spec.base_width, spec.train_steps,
+            spec.batch_size)
+
+
+def iteration_seconds(specs: list, repeats: int = 3, progress: bool = True) -> dict[tuple, float]:
+    """Median seconds of one training iteration of each distinct `config` among `specs`, on random inputs, all timed
+    in this process in interleaved rounds (drift in the machine's speed hits every configuration alike; the
+    ratios between them are what `advmoe.scale.estimate` uses). The MoE routers split every batch."""
+    fns = {}
+    for spec in specs:
+        key = config(spec)
+        if key in fns:
+            continue
+        torch.manual_seed(0)
+        model = mixed_routing(create_model(spec.backbone, spec.kind, spec.scale, spec.n_experts, spec.num_classes,
+                                           spec.router, spec.base_width))
+        x, y = torch.rand(spec.batch_size, 3, 32, 32), torch.randint(0, spec.num_classes, (spec.batch_size,))
+        fns[key] = lambda m=model, o=make_optimizers(model, spec), s=spec, b=(x, y): iteration(m, o, b, b, s)
+    with tqdm(total=repeats + 1, desc=f"timing {len(fns)} training configurations (rounds)", disable=not progress) as bar:
+        return interleaved(fns, repeats, bar)

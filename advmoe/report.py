@@ -421,7 +421,7 @@ def compute_seconds(preset: str, seeds: tuple[int, ...] | None = None, root: Pat
                 continue
             p = data["provenance"]
             seconds = p["train_seconds_total"] + p["eval_seconds"] if part == "training + PGD" else p["seconds"]
-            rows.append(dict(model=spec.name, kind=spec.kind, method=spec.method, seed=spec.seed, part=part,
+            rows.append(dict(model=spec.name, hash=spec.hash, kind=spec.kind, method=spec.method, seed=spec.seed, part=part,
                              seconds=seconds, commit=(p.get("git_commit") or "unknown")[:10]))
     return rows
 

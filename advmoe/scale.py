@@ -18,6 +18,7 @@ GRIDS = {  # preset -> (expert numbers N, model scales r) of Fig. 7
 }
 VERDICT_POINTS = {"smoke": [(2, 0.5), (8, 0.2)], "cpu": [(2, 0.5), (5, 0.8), (10, 0.2)]}  # paper: every point
 FIG8_SCALES = {"smoke": [0.2, 0.5], "cpu": [0.2, 0.5, 0.8], "paper": [0.2, 0.5, 0.8]}
+FIG8_VERDICT_SCALES = {"smoke": [0.2, 0.5], "cpu": [0.2, 0.5]}  # paper: every scale
 FIG8_ROWS = tuple(row for row in ex.TABLE1 if row[0] != "AT (Dense)")  # the r = 0.5 methods, at every r
 
 
@@ -34,6 +35,87 @@ def regime(n: int, r: float) -> str | None:
 def point_seeds(preset: str, n: int, r: float) -> tuple[int, ...]:
     seeds = ex.preset_seeds(preset)
     return seeds if preset == "paper" or (n, r) in VERDICT_POINTS[preset] else seeds[:1]
+
+
+def fig8_seeds(preset: str, r: float) -> tuple[int, ...]:
+    seeds = ex.preset_seeds(preset)
+    return seeds if preset == "paper" or r in FIG8_VERDICT_SCALES[preset] else seeds[:1]
+
+
+PAGE_EVALUATIONS = {"fig7": ("training + PGD",), "fig8": ("training + PGD",),  # as the paper's Table A2: RA-PGD
+                    "tabA1": ("training + PGD", "AutoAttack", "worst case")}
+
+
+def plan(preset: str) -> list[tuple[str, ex.ExperimentSpec]]:
+    """Every model the three scale pages read at a preset, as (page, spec), each model once (under the first page
+    that reads it), chain parents included: Fig. 7's AdvMoE grid, Fig. 8's methods at each r (AT (Dense) at r = 1
+    for both), Table A1's 10-step slice."""
+    out, seen = [], set()
+
+    def add(page, spec):
+        while spec is not None:
+            if spec.hash not in seen:
+                seen.add(spec.hash)
+                out.append((page, spec))
+            spec = spec.parent
+
+    experts, scales = GRIDS[preset]
+    for seed in ex.preset_seeds(preset):
+        add("fig7", ex.row_spec(preset, *ex.TABLE1[0][1:], seed=seed))
+    for n in experts:
+        for r in scales:
+            for seed in point_seeds(preset, n, r):
+                add("fig7", ex.make_spec(preset, "moe", "advmoe", r, n_experts=n, seed=seed))
+    for r in FIG8_SCALES[preset]:
+        for _, kind, method, _ in FIG8_ROWS:
+            for seed in fig8_seeds(preset, r):
+                add("fig8", ex.row_spec(preset, kind, method, r, seed=seed))
+    for spec in ex.table1(preset, **ex.train_attack(10)):
+        add("tabA1", spec)
+    return out
+
+
+def estimate(preset: str, seconds: dict | None = None, root=None, progress: bool = True):
+    """The plan's cost, one row per (model, evaluation part): measured worker-minutes where the result is stored,
+    else an estimate: the measured cost of the same part of the preset's Table-1 model of that kind and method
+    (median over its seeds), times the ratio of their training-iteration times (`bench.iteration_seconds`, the
+    2-step attack's for evaluation parts, whose cost does not depend on the training attack). seconds: iteration
+    times from an earlier call (else timed now, a few minutes)."""
+    import dataclasses
+    import statistics
+
+    import pandas as pd
+
+    from . import bench
+    from .report import compute_seconds, page_specs
+
+    measured = pd.DataFrame(compute_seconds(preset, root=root))
+    refs = {}  # (kind, method) -> the first-seed Table-1 / Fig. 1b model (or chain parent) of that kind and method
+    for spec in page_specs(preset, ex.preset_seeds(preset)[:1]):
+        while spec is not None:
+            refs.setdefault((spec.kind, spec.method), spec)
+            spec = spec.parent
+    default = ex.make_spec(preset, "dense", "at")
+    two_step = lambda s: dataclasses.replace(s, train_steps=default.train_steps, train_step_size=default.train_step_size)
+    rows, todo = [], plan(preset)
+    if seconds is None:
+        seconds = bench.iteration_seconds([s for _, s in todo] + [two_step(s) for _, s in todo] + list(refs.values()),
+                                          progress=progress)
+    stored = pd.DataFrame(compute_seconds(preset, root=root, specs=[s for _, s in todo]))
+    for page, spec in todo:
+        ref = refs[(spec.kind, spec.method)]
+        for part in PAGE_EVALUATIONS[page] if spec.method != "hydra-mask" else ("training + PGD",):
+            done = stored[(stored.hash == spec.hash) & (stored.part == part)] if len(stored) else stored
+            if len(done):
+                rows.append(dict(page=page, model=spec.name, seed=spec.seed, part=part, stored=True,
+                                 minutes=done.seconds.sum() / 60))
+                continue
+            base = measured[(measured.kind == spec.kind) & (measured.method == spec.method) & (measured.part == part)]
+            timed = spec if part == "training + PGD" else two_step(spec)
+            ratio = seconds[bench.config(timed)] / seconds[bench.config(ref)]
+            rows.append(dict(page=page, model=spec.name, seed=spec.seed, part=part, stored=False,
+                             minutes=statistics.median(base.seconds) * ratio / 60 if len(base) else None))
+    return pd.DataFrame(rows), seconds
 
 
 def fig7(preset: str, device: str, recompute: bool, experts_grid: list[int], scale_grid: list[float]):
