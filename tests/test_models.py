@@ -186,3 +186,23 @@ def test_moe_at_any_expert_number_and_scale(n_experts, scale):
     moe, small = create_model("resnet18", "moe", scale, n_experts), create_model("resnet18", "s-dense", scale)
     routers = sum(m.router.fc.in_features * n_experts for m in moe_layers(moe).values()) / 1e9
     assert gflops(moe) == pytest.approx(gflops(small) + routers, rel=1e-9)
+
+
+def test_rounding_rule_and_table_a2_gflops():
+    """One rule turns r x C into whole channels, everywhere (S-Dense, each MoE expert, the HYDRA mask): round to
+    the nearest integer, at least 1. At the paper's widths our GFLOPs match Table A2 within 10% at r = 0.5 and 0.8;
+    at r = 0.2 they follow r^2 (about 0.54 x 0.04 = 0.02) and Table A2's 0.13 / 0.14 do not (its WRN-28-10 row at
+    r = 0.2 does: 0.21 = 5.25 x 0.04), which the Fig. 8 page shows rather than bends the count to."""
+    from advmoe import paper
+    from advmoe.models import scaled
+
+    assert [scaled(64, r) for r in (0.2, 0.5, 0.8)] == [13, 32, 51] and scaled(8, 0.05) == 1 and scaled(5, 0.5) == 2
+    dense = gflops(create_model("resnet18", "dense", 1.0))
+    for r in (0.2, 0.5, 0.8):
+        for kind, pid in (("s-dense", "at-s-dense"), ("moe", "at-moe")):
+            ours = gflops(create_model("resnet18", kind, r))
+            theirs = paper.value("cifar10", "resnet18", pid, r, "gflops", "A2")[0]
+            assert ours / dense == pytest.approx((scaled(64, r) / 64) ** 2, rel=0.02)  # every width times r
+            assert (ours == pytest.approx(theirs, rel=0.10)) == (r != 0.2), (kind, r, ours, theirs)
+    wrn = paper.value("cifar10", "wrn28-10", "at-s-dense", 0.2, "gflops", "A2")[0]
+    assert wrn == pytest.approx(5.25 * 0.2 ** 2, rel=0.05)  # the paper's own r^2 at WRN-28-10
