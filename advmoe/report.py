@@ -147,7 +147,7 @@ def summary(records: list[dict], metrics=("ra", "sa"), table: str = "1"):
             row[f"{metric}_paper"], row[f"{metric}_paper_std"] = p if p else (None, None)
         row["gflops_ours"] = done[0]["final"]["gflops"] if done else None
         row["gflops_ours_paper_width"] = paper_width_gflops(b, kind, scale) if recs[0]["why"] is None else None
-        p = paper.value(d, b, pid, scale, "gflops", "1")
+        p = paper.value(d, b, pid, scale, "gflops", table) or paper.value(d, b, pid, scale, "gflops", "1")
         row["gflops_paper"] = p[0] if p else None
         row["seeds"] = len(done)
         row["n_test"] = done[0]["final"]["n_test"] if done else None

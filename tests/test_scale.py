@@ -40,3 +40,37 @@ def test_fig8_compares_same_r_baselines_and_the_growth_of_the_gain(smoke_results
     claims = [v.claim for v in verdicts]
     assert "AdvMoE beats every same-r baseline at r = 0.2" in claims and claims[-1].startswith("AdvMoE's gain")
     assert {v.status for v in verdicts} <= STATUSES
+
+
+def test_fig8_decides_only_the_scales_with_every_seed(smoke_results, monkeypatch):
+    monkeypatch.setitem(scale.FIG8_VERDICT_SCALES, "smoke", [0.5])
+    assert scale.fig8_seeds("smoke", 0.2) == (0,) and scale.fig8_seeds("smoke", 0.5) == ex.preset_seeds("smoke")
+    records, verdicts = scale.fig8("smoke", "cpu", False, [0.2, 0.5])
+    assert {r["seed"] for r in records if r["scale"] == 0.2} == {0}
+    assert all("r = 0.2" not in v.claim for v in verdicts) and not any("grows" in v.claim for v in verdicts)
+
+
+def test_table_a1_trains_the_rows_with_the_10_step_attack(smoke_results):
+    records, verdicts = scale.table_a1("smoke", "cpu", False)
+    run = [r for r in records if r["metrics"] is not None]
+    assert {r["label"] for r in run} == {row[0] for row in ex.TABLE1}
+    assert all(r["spec"].train_steps == 10 and r["metrics"]["final"]["n_ra_worst"] > 0 for r in run)
+    sparse = next(r["spec"] for r in run if r["label"] == "AT (Sparse)")
+    assert sparse.parent.train_steps == sparse.parent.parent.train_steps == 10  # both HYDRA stages, and its Dense
+    assert verdicts[-1].claim == "With a 10-step training attack AdvMoE beats every baseline"
+    assert len(verdicts) == len(ex.TABLE1) and {v.status for v in verdicts} <= STATUSES
+
+
+def test_cpu_plan_sizes_the_grid_and_lists_each_model_once():
+    plan = scale.plan("cpu")
+    specs = [s for _, s in plan]
+    assert len({s.hash for s in specs}) == len(specs)
+    pages = {page for page, _ in plan}
+    assert pages == {"fig7", "fig8", "tabA1"}
+    at = lambda page, **kw: [s for p, s in plan if p == page and all(getattr(s, k) == v for k, v in kw.items())]
+    assert len(at("fig7", n_experts=10, scale=0.2)) == 3 and len(at("fig7", n_experts=5, scale=0.8)) == 1
+    assert len(at("fig8", method="at", kind="moe", scale=0.2)) == 3
+    assert len(at("fig8", method="at", kind="moe", scale=0.8)) == 1  # plotted only
+    tab = at("tabA1")
+    assert {(s.kind, s.method) for s in tab} == {("moe", "at"), ("moe", "advmoe")} and len(tab) == 6
+    assert all(s.train_steps == 10 for s in tab)
