@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import experiments as ex
 from . import paper
-from .data import DATASETS
+from .data import DATASETS, REPO
 from .io import atomic_write_json
 from .models import BACKBONES
 
@@ -433,6 +433,30 @@ def compute_note(records: list[dict], preset: str) -> str:
     total = sum(r["seconds"] for r in rows) / 60
     return (f"Compute behind this page, measured: {total:.0f} worker-minutes over {len({r['model'] for r in rows})} "
             f"models and their evaluations (shared with other pages where the models are the same).")
+
+
+def page_table(preset: str, notebooks: Path | None = None, root: Path | None = None):
+    """One row per notebook: the preset it last ran with, the data, code commits and machines of its stored results,
+    its experiments and their measured compute (worker-minutes, from provenance), and its last papermill run."""
+    import pandas as pd
+
+    stored = load_verdicts(preset, root)
+    rows = []
+    for path in sorted(Path(notebooks or REPO / "notebooks").glob("*.ipynb")):
+        meta = json.loads(path.read_text())["metadata"].get("papermill", {})
+        v = stored.get(path.stem, {})
+        rows.append({
+            "notebook": path.stem,
+            "preset": meta.get("parameters", {}).get("preset", "-"),
+            "data": "; ".join(d.split(" (")[0] for d in v.get("data", [])) or "-",
+            "results from commit": ", ".join(x[:7] for x in v.get("results_commits", [])) or "-",
+            "machine": "; ".join(m.partition(" (")[2].rstrip(")") or m for m in v.get("machines", [])) or "-",
+            "experiments": v.get("experiments", 0),
+            "experiment compute (min)": round(v.get("compute_seconds", 0) / 60, 1),
+            "notebook run (s)": round(meta.get("duration") or 0, 1),
+            "executed": (meta.get("end_time") or "-")[:10],
+        })
+    return pd.DataFrame(rows)
 
 
 def load_verdicts(preset: str, root: Path | None = None) -> dict[str, dict]:

@@ -8,6 +8,8 @@ only (plotted, never decided); at the paper preset every point has every seed.
 """
 from __future__ import annotations
 
+import functools
+
 from . import experiments as ex
 from .report import Verdict, collect, combine, per_image, verdict
 
@@ -205,3 +207,54 @@ def table_a1(preset: str, device: str, recompute: bool):
     claim = "With a 10-step training attack AdvMoE beats every baseline" + (
         "" if len(rows) == len(ex.TABLE1) else f" run at this preset ({', '.join(r[0] for r in rows if r[0] != 'AdvMoE')})")
     return records, verdicts + [combine(claim, verdicts)]
+
+
+GPU_REFERENCE = {("dense", "at"): "AT (Dense)", ("s-dense", "at"): "AT (S-Dense)", ("moe", "at"): "AT (MoE)",
+                 ("moe", "advmoe"): "AdvMoE", ("sparse", "hydra-mask"): "AT (Sparse), mask stage",
+                 ("s-dense", "hydra-finetune"): "AT (Sparse), fine-tuning"}
+GPU_FALLBACK = {"AT (Sparse), mask stage": "AT (Dense)", "AT (Sparse), fine-tuning": "AT (S-Dense)"}  # same shapes
+
+
+def gpu_work(spec) -> float:
+    """GFLOPs per example a GPU executes for `spec`'s model at the paper's widths: on a GPU an MoE layer computes
+    every expert and masks (`advmoe.models.moe`), so N x one pathway; HYDRA's mask stage runs the full Dense width."""
+    if spec.kind == "moe":
+        return spec.n_experts * _paper_width_gflops(spec.backbone, "s-dense", spec.scale)
+    if spec.kind in ("dense", "sparse"):
+        return _paper_width_gflops(spec.backbone, "dense", 1.0)
+    return _paper_width_gflops(spec.backbone, spec.kind, spec.scale)
+
+
+@functools.lru_cache(maxsize=None)
+def _paper_width_gflops(backbone: str, kind: str, scale: float) -> float:
+    from .report import paper_width_gflops
+
+    return paper_width_gflops(backbone, kind, scale)
+
+
+def paper_gpu_hours(measured: dict):
+    """Every run the scale pages need at the paper preset (`plan("paper")`), one row per configuration with its seeds
+    and estimated GPU hours. Not timed on a GPU: each is the measured hours per seed of the Table-1 model of its kind
+    and method (`measured`: benchmarks/paper_preset_gpu.py's output) times the ratio of executed GFLOPs (`gpu_work`),
+    floored at 1 (at these sizes the H100 ran AT (S-Dense), a quarter of Dense's FLOPs, no faster than AT (Dense), so a
+    smaller model is not assumed faster), times the training attack's cost: a TRADES step with k attack steps costs
+    about 3k + 6 forward-pass equivalents, 12 for Table 1's k = 2."""
+    import pandas as pd
+
+    models = measured["models"]
+    rows = {}
+    for page, spec in plan("paper"):
+        ref_label = GPU_REFERENCE[(spec.kind, spec.method)]
+        ref_label = ref_label if ref_label in models else GPU_FALLBACK[ref_label]
+        kind, method = next(k for k, v in GPU_REFERENCE.items() if v == ref_label)
+        ref = ex.make_spec("paper", kind, method, 1.0 if kind in ("dense", "sparse") else 0.5)
+        factor = max(1.0, gpu_work(spec) / gpu_work(ref)) * (3 * spec.train_steps + 6) / 12
+        key = (page, GPU_REFERENCE[(spec.kind, spec.method)], spec.n_experts if spec.kind == "moe" else None,
+               spec.scale, spec.train_steps)
+        row = rows.setdefault(key, dict(page=page, run=key[1], N=key[2], r=spec.scale, train_steps=spec.train_steps,
+                                        seeds=0, hours_per_seed=models[ref_label]["hours_per_seed"] * factor,
+                                        timed_as=ref_label))
+        row["seeds"] += 1
+    df = pd.DataFrame(rows.values())
+    df["hours"] = df.seeds * df.hours_per_seed
+    return df
