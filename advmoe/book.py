@@ -43,7 +43,7 @@ def execute(preset: str = "cpu", device: str = "cpu", recompute: bool = False, p
     then missing robustness audits (with their AutoAttack runs) computed the same way."""
     import papermill as pm
 
-    from . import audit, inside
+    from . import audit, inside, scale
     from .experiments import get_many, load
     from .report import audit_specs, fig2_specs, fig2_sweep, page_specs
     from .worstcase import worst_case_eval
@@ -64,6 +64,9 @@ def execute(preset: str = "cpu", device: str = "cpu", recompute: bool = False, p
     get_many(fig2_specs(preset), device, progress=progress, jobs=jobs, task=fig2_sweep)
     tqdm.write("Fig. 3-6: router-only and backbone-only AT chains, dissections, masks (stored ones are reused)")
     inside.precompute(preset, device, jobs, progress)
+    shown = [key for key, page in scale.PAGES.items() if page in (pages or PAGES)]
+    tqdm.write(f"scale pages ({', '.join(shown) or 'none in the book yet'}): their models (stored ones are reused)")
+    scale.precompute(preset, device, jobs, progress, shown)
     times = {}
     for page in tqdm(pages or PAGES, desc="notebooks", disable=not progress):
         path = REPO / page

@@ -50,14 +50,18 @@ PAGE_EVALUATIONS = {"fig7": ("training + PGD",), "fig8": ("training + PGD",),  #
                     "tabA1": ("training + PGD", "AutoAttack", "worst case")}
 
 
-def plan(preset: str) -> list[tuple[str, ex.ExperimentSpec]]:
-    """Every model the three scale pages read at a preset, as (page, spec), each model once (under the first page
-    that reads it), chain parents included: Fig. 7's AdvMoE grid, Fig. 8's methods at each r (AT (Dense) at r = 1
-    for both), Table A1's 10-step slice."""
+PAGES = {"fig7": "notebooks/fig7_experts_vs_scale.ipynb", "fig8": "notebooks/fig8_tabA2_model_scale.ipynb",
+         "tabA1": "notebooks/tabA1_train_steps.ipynb"}
+
+
+def plan(preset: str, pages=tuple(PAGES)) -> list[tuple[str, ex.ExperimentSpec]]:
+    """Every model the scale pages (`pages`, keys of PAGES) read at a preset, as (page, spec), each model once (under
+    the first page that reads it), chain parents included: Fig. 7's AdvMoE grid, Fig. 8's methods at each r (AT
+    (Dense) at r = 1 for both), Table A1's 10-step rows."""
     out, seen = [], set()
 
     def add(page, spec):
-        while spec is not None:
+        while spec is not None and page in pages:
             if spec.hash not in seen:
                 seen.add(spec.hash)
                 out.append((page, spec))
@@ -66,6 +70,7 @@ def plan(preset: str) -> list[tuple[str, ex.ExperimentSpec]]:
     experts, scales = GRIDS[preset]
     for seed in ex.preset_seeds(preset):
         add("fig7", ex.row_spec(preset, *ex.TABLE1[0][1:], seed=seed))
+        add("fig8", ex.row_spec(preset, *ex.TABLE1[0][1:], seed=seed))
     for n in experts:
         for r in scales:
             for seed in point_seeds(preset, n, r):
@@ -78,6 +83,18 @@ def plan(preset: str) -> list[tuple[str, ex.ExperimentSpec]]:
         for seed in ex.preset_seeds(preset):
             add("tabA1", ex.row_spec(preset, *row[1:], seed=seed, **ex.train_attack(10)))
     return out
+
+
+def precompute(preset: str, device: str = "cpu", jobs: int = 1, progress: bool = True, pages=tuple(PAGES)) -> None:
+    """Train what the scale pages (`pages`) need, `jobs` at a time, and Table A1's worst case (stored ones are
+    reused), so that the pages only read."""
+    from .worstcase import worst_case_eval
+
+    todo = plan(preset, pages)
+    ex.get_many([s for _, s in todo], device, progress=progress, jobs=jobs)
+    table = [s for page, s in todo if page == "tabA1" and s.method != "hydra-mask"]
+    if table:
+        ex.get_many(table, device, progress=progress, jobs=jobs, task=worst_case_eval)
 
 
 def estimate(preset: str, seconds: dict | None = None, root=None, progress: bool = True):

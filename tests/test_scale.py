@@ -74,3 +74,5 @@ def test_cpu_plan_sizes_the_grid_and_lists_each_model_once():
     tab = at("tabA1")
     assert {(s.kind, s.method) for s in tab} == {("moe", "at"), ("moe", "advmoe")} and len(tab) == 6
     assert all(s.train_steps == 10 for s in tab)
+    only8 = scale.plan("cpu", pages=("fig8",))
+    assert {p for p, _ in only8} == {"fig8"} and ex.row_spec("cpu", "moe", "advmoe", 0.2, seed=0) in [s for _, s in only8]
