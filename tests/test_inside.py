@@ -17,6 +17,7 @@ def test_precompute_stores_every_model_dissection_and_mask_the_pages_read(smoke_
     inside.precompute("smoke", jobs=1, progress=False)
     models, dissect, masks = inside.page_models("smoke")
     assert len(dissect) == 4 * len(ex.preset_seeds("smoke")) and all(m.kind == "sparse" for m in masks)
+    assert {m.scale for m in models if m.method == "at-backbone"} == {inside.VERDICT_SCALE}  # Fig. 5's only
     for spec in models + masks:
         ex.load(spec)  # raises if missing
     assert all(ex.read_evaluation(ex.result_dir(s) / "dissection-pgd5.json", s) for s in dissect)
