@@ -415,15 +415,30 @@ def compute_seconds(preset: str, seeds: tuple[int, ...] | None = None, root: Pat
     for spec in chain.values():
         folder = ex.result_dir(spec, root)
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-            part = next((v for k, v in COMPUTE_PARTS.items() if path.name.startswith(k)), None)
-            data = ex.read_json(path) if part else None
-            if data is None or data.get("hash") != spec.hash:
-                continue
-            p = data["provenance"]
-            seconds = p["train_seconds_total"] + p["eval_seconds"] if part == "training + PGD" else p["seconds"]
-            rows.append(dict(model=spec.name, hash=spec.hash, kind=spec.kind, method=spec.method, seed=spec.seed, part=part,
-                             seconds=seconds, commit=(p.get("git_commit") or "unknown")[:10]))
+            row = _compute_row(path)
+            if row is not None and row["hash"] == spec.hash:
+                rows.append(row)
     return rows
+
+
+def stored_compute(preset: str, root: Path | None = None) -> list[dict]:
+    """Every stored result of a preset (each model and evaluation under results/<preset>/, whichever page reads it),
+    as `compute_seconds` rows: what recomputing everything stored costs."""
+    folder = Path(root or ex.results_root()) / preset
+    return [row for path in sorted(folder.glob("*/*.json")) if (row := _compute_row(path)) is not None]
+
+
+def _compute_row(path: Path) -> dict | None:
+    """A stored result file's part (`COMPUTE_PARTS`) and the worker-seconds its provenance records, or None."""
+    part = next((v for k, v in COMPUTE_PARTS.items() if path.name.startswith(k)), None)
+    data = ex.read_json(path) if part else None
+    if data is None or "provenance" not in data or "spec" not in data:
+        return None
+    p, spec = data["provenance"], data["spec"]
+    seconds = p["train_seconds_total"] + p["eval_seconds"] if part == "training + PGD" else p["seconds"]
+    return dict(model=path.parent.name.rsplit("-", 1)[0], hash=data.get("hash"), kind=spec["kind"],
+                method=spec["method"], seed=spec["seed"], part=part, seconds=seconds,
+                commit=(p.get("git_commit") or "unknown")[:10])
 
 
 def compute_note(records: list[dict], preset: str) -> str:

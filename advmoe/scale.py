@@ -200,9 +200,9 @@ def fig8(preset: str, device: str, recompute: bool, scale_grid: list[float]):
 
 def tablea1_rows(preset: str) -> tuple:
     """Table A1's rows at a preset. cpu: AT (MoE) and AdvMoE only, the comparison that isolates the training method on
-    one architecture (a stronger training attack might be what AT (MoE)'s routers lacked). The whole slice at 10 steps
-    costs about 4 h on 2 cores per seed at this preset (measured: `benchmarks/scale_cost.py`); these two rows, 3 seeds,
-    about 2.4 h."""
+    one architecture (a stronger training attack might be what AT (MoE)'s routers lacked). The whole slice at 10 steps,
+    3 seeds, would cost about 6 h on 2 cores at this preset (estimated from measured costs: `benchmarks/scale_cost.py`);
+    these two rows about 2.4 h."""
     return tuple(row for row in ex.TABLE1 if preset != "cpu" or row[0] in ("AT (MoE)", "AdvMoE"))
 
 
@@ -259,13 +259,14 @@ def paper_gpu_hours(measured: dict):
     import pandas as pd
 
     models = measured["models"]
+    sparse = ex.hydra_chain("paper", 0.5)
+    refs = {label: ex.row_spec("paper", *row) for label, *row in ex.TABLE1 if label != "AT (Sparse)"}
+    refs.update({"AT (Sparse), mask stage": sparse.parent, "AT (Sparse), fine-tuning": sparse})
     rows = {}
     for page, spec in plan("paper"):
         ref_label = GPU_REFERENCE[(spec.kind, spec.method)]
         ref_label = ref_label if ref_label in models else GPU_FALLBACK[ref_label]
-        kind, method = next(k for k, v in GPU_REFERENCE.items() if v == ref_label)
-        ref = ex.make_spec("paper", kind, method, 1.0 if kind in ("dense", "sparse") else 0.5)
-        factor = max(1.0, gpu_work(spec) / gpu_work(ref)) * (3 * spec.train_steps + 6) / 12
+        factor = max(1.0, gpu_work(spec) / gpu_work(refs[ref_label])) * (3 * spec.train_steps + 6) / 12
         key = (page, GPU_REFERENCE[(spec.kind, spec.method)], spec.n_experts if spec.kind == "moe" else None,
                spec.scale, spec.train_steps)
         row = rows.setdefault(key, dict(page=page, run=key[1], N=key[2], r=spec.scale, train_steps=spec.train_steps,

@@ -213,11 +213,14 @@ def test_compute_seconds_count_a_chain_parent_once(tmp_path):
 
     sparse = R.ex.hydra_chain("smoke", 0.5, seed=0)
     for spec, seconds in ((sparse, 10.0), (sparse.parent, 20.0), (sparse.parent.parent, 30.0)):
-        atomic_write_json({"hash": spec.hash, "provenance": {"train_seconds_total": seconds, "eval_seconds": 1.0,
-                                                             "git_commit": "abc"}},
+        atomic_write_json({"hash": spec.hash, "spec": R.ex.dataclasses.asdict(spec),
+                           "provenance": {"train_seconds_total": seconds, "eval_seconds": 1.0, "git_commit": "abc"}},
                           R.ex.result_dir(spec, tmp_path) / "metrics.json")
     rows = R.compute_seconds("smoke", (0,), tmp_path)
     assert sorted(r["seconds"] for r in rows) == [11.0, 21.0, 31.0]  # the mask stage counted, AT (Dense) once
+    every = R.stored_compute("smoke", tmp_path)  # every stored result, whichever page reads it
+    assert sorted(r["seconds"] for r in every) == [11.0, 21.0, 31.0]
+    assert {r["method"] for r in every} == {"at", "hydra-mask", "hydra-finetune"}
 
 
 def test_label_names_every_page_model_and_falls_back_to_the_spec_name():
