@@ -123,6 +123,10 @@ def test_claims_ledger_references_real_verdicts():
     ("notebooks/fig3_router_only.ipynb", {"scale_grid": [0.5, 0]}, "scale_grid must hold model scales r in (0, 1]"),
     ("notebooks/fig3_router_only.ipynb", {"preset": "huge"}, "preset must be one of smoke, cpu, paper"),
     ("notebooks/fig6_pathway_iou.ipynb", {"steps": 3}, "unknown parameter(s) steps"),
+    ("notebooks/fig7_experts_vs_scale.ipynb", {"experts_grid": [0, 2]}, "experts_grid must hold expert numbers N"),
+    ("notebooks/fig7_experts_vs_scale.ipynb", {"scale_grid": []}, "scale_grid must be a non-empty list"),
+    ("notebooks/fig7_experts_vs_scale.ipynb", {"scale_grid": [0.5, 1.5]}, "scale_grid must hold model scales r in (0, 1]"),
+    ("notebooks/fig8_tabA2_model_scale.ipynb", {"scale_grid": ["a"]}, "scale_grid must hold model scales r in (0, 1]"),
 ])
 def test_a_notebook_with_bad_parameters_stops_in_its_first_code_cell(notebook, params, needle, tmp_path):
     import nbformat
