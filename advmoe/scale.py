@@ -22,7 +22,7 @@ GRIDS = {  # preset -> (expert numbers N, model scales r) of Fig. 7
 # sized to the issue's 2 h on 2 cores by `benchmarks/scale_cost.py` (the stored Table-1 AdvMoE and N = 10 at r = 0.2).
 VERDICT_POINTS = {"smoke": [(2, 0.5), (8, 0.2)], "cpu": [(2, 0.5), (10, 0.2)]}  # paper: every point
 FIG8_SCALES = {"smoke": [0.2, 0.5], "cpu": [0.2, 0.5, 0.8], "paper": [0.2, 0.5, 0.8]}
-FIG8_VERDICT_SCALES = {"smoke": [0.2, 0.5], "cpu": [0.2, 0.5]}  # paper: every scale; cpu: r = 0.8 costs ~2.5x r = 0.5
+FIG8_VERDICT_SCALES = {"smoke": [0.2, 0.5], "cpu": [0.2, 0.5]}  # paper: every scale; cpu: r = 0.8 has 2.6x r = 0.5's FLOPs
 FIG8_ROWS = tuple(row for row in ex.TABLE1 if row[0] != "AT (Dense)")  # the r = 0.5 methods, at every r
 
 
