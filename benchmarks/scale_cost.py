@@ -29,6 +29,8 @@ def main() -> None:
     path = ex.results_root() / args.preset / "scale-cost.json"
     seconds = None
     if args.reuse:
+        if not path.is_file():
+            raise SystemExit(f"--reuse: no stored iteration times in {path}; run once without --reuse")
         seconds = {tuple(row["config"]): row["seconds"] for row in json.loads(path.read_text())["iteration_seconds"]}
     rows, seconds = scale.estimate(args.preset, seconds)
     new = rows[~rows.stored]
