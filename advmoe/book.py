@@ -21,6 +21,7 @@ PAGES = ["notebooks/tab1_overall.ipynb", "notebooks/fig1_overview.ipynb", "noteb
          "notebooks/tab2_autoattack.ipynb", "notebooks/fig3_router_only.ipynb", "notebooks/fig4_fig5_dissection.ipynb",
          "notebooks/fig6_pathway_iou.ipynb", "notebooks/figA2_trajectory.ipynb",
          "notebooks/fig7_experts_vs_scale.ipynb", "notebooks/fig8_tabA2_model_scale.ipynb",
+         "notebooks/tabA1_train_steps.ipynb",
          "notebooks/audit_robustness.ipynb",
          "book/claims.ipynb", "book/verdicts.ipynb", "book/reproduce.ipynb", "book/status.ipynb"]  # the ledger and status read what the others wrote: last
 

@@ -127,6 +127,7 @@ def test_claims_ledger_references_real_verdicts():
     ("notebooks/fig7_experts_vs_scale.ipynb", {"scale_grid": []}, "scale_grid must be a non-empty list"),
     ("notebooks/fig7_experts_vs_scale.ipynb", {"scale_grid": [0.5, 1.5]}, "scale_grid must hold model scales r in (0, 1]"),
     ("notebooks/fig8_tabA2_model_scale.ipynb", {"scale_grid": ["a"]}, "scale_grid must hold model scales r in (0, 1]"),
+    ("notebooks/tabA1_train_steps.ipynb", {"device": 0}, "device must be a string (cpu, cuda, cuda:N, auto)"),
 ])
 def test_a_notebook_with_bad_parameters_stops_in_its_first_code_cell(notebook, params, needle, tmp_path):
     import nbformat
