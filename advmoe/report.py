@@ -146,7 +146,8 @@ def summary(records: list[dict], metrics=("ra", "sa"), table: str = "1"):
             p = paper.value(d, b, pid, scale, metric, table)
             row[f"{metric}_paper"], row[f"{metric}_paper_std"] = p if p else (None, None)
         row["gflops_ours"] = done[0]["final"]["gflops"] if done else None
-        row["gflops_ours_paper_width"] = paper_width_gflops(b, kind, scale) if recs[0]["why"] is None else None
+        # the architecture's count: shown for a cell this code can run, whether or not this preset trains the row
+        row["gflops_ours_paper_width"] = paper_width_gflops(b, kind, scale) if runnable(d, b) is None else None
         p = paper.value(d, b, pid, scale, "gflops", table) or paper.value(d, b, pid, scale, "gflops", "1")
         row["gflops_paper"] = p[0] if p else None
         row["seeds"] = len(done)
@@ -234,8 +235,8 @@ def display_table(df, metrics=("ra", "sa")):
         shown[f"{METRIC_NAMES[metric]} % (paper)"] = [beside(m, s, p) for m, s, p in zip(ours, stds, df[f"{metric}_paper"])]
     shown["GFLOPs (paper)"] = [beside(g, None, p, 3) for g, p in zip(df.gflops_ours_paper_width, df.gflops_paper)]
     dense = {(d, b): g for d, b, g, m in zip(df.dataset, df.backbone, df.gflops_ours_paper_width, df.method)
-             if m.endswith("(Dense)") and g is not None}
-    shown["cut"] = [f"{100 * (1 - g / dense[(d, b)]):.0f}%" if g is not None and (d, b) in dense else "-"
+             if m.endswith("(Dense)")}
+    shown["cut"] = [f"{100 * (1 - g / dense[(d, b)]):.0f}%" if pd.notna(g) and pd.notna(dense.get((d, b))) else "-"
                     for d, b, g in zip(df.dataset, df.backbone, df.gflops_ours_paper_width)]
     shown["audit"] = df.audit
     if (df.note != "").any():
@@ -557,7 +558,7 @@ def combine(claim: str, verdicts: list[Verdict]) -> Verdict:
     statuses = [v.status for v in verdicts]
     status = next((s for s in ("not run", "not reproduced", "inconclusive") if s in statuses), "reproduced")
     counts = ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
-    return Verdict(claim, status, None, None, f"{len(verdicts)} parts: {counts}")
+    return Verdict(claim, status, None, None, f"{len(verdicts)} part{'s' if len(verdicts) > 1 else ''}: {counts}")
 
 
 PLATEAU_MARGIN = 2.0  # pp: a change this small over the last quarter of training counts as a plateau (Fig. A2)

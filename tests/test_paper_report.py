@@ -1,4 +1,6 @@
 
+import math
+
 import pytest
 
 from advmoe import paper, report as R
@@ -233,3 +235,17 @@ def test_label_names_every_page_model_and_falls_back_to_the_spec_name():
     assert R.label(R.ex.make_spec("cpu", "moe", "standard", 0.5, seed=1)) == "ST (MoE)"
     odd = R.ex.make_spec("cpu", "moe", "advmoe", 0.8)
     assert R.label(odd) == odd.name
+
+
+def test_a_row_not_run_still_shows_its_gflops_and_cut():
+    """GFLOPs are the architecture's: a row this preset does not train (Table A1's AT (Dense) at cpu) still shows
+    them, and the cut against it; a cell this code cannot run (a backbone we do not build) shows none."""
+    row = lambda label, kind, scale, backbone="resnet18": dict(dataset="cifar10", backbone=backbone, label=label,
+                                                               kind=kind, method="at", scale=scale, seed=None,
+                                                               metrics=None, why="not run at this preset")
+    df = R.summary([row("AT (Dense)", "dense", 1.0), row("AT (S-Dense)", "s-dense", 0.5),
+                    row("AT (Dense)", "dense", 1.0, "vit")], table="A1")
+    dense, small, vit = df.gflops_ours_paper_width
+    assert small / dense == pytest.approx(0.25, rel=0.02) and math.isnan(vit)
+    shown = R.display_table(df).data
+    assert list(shown["cut"]) == ["0%", "75%", "-"] and list(shown["note"]) == ["not run at this preset"] * 3
