@@ -39,7 +39,8 @@ def main() -> None:
         print(f"{page:6s} new compute {minutes:7.1f} worker-min  ({(~rows.stored & (rows.page == page)).sum()} parts)")
     total = new.minutes.sum()
     print(f"all    new compute {total:7.1f} worker-min = {total / 60 / args.workers:.2f} h on {args.workers} workers")
-    print(new.groupby(["page", "model"]).minutes.sum().round(1).to_string())
+    if len(new):
+        print(new.groupby(["page", "model"]).minutes.sum().round(1).to_string())
     atomic_write_json({"preset": args.preset, "workers": args.workers, "new_worker_minutes": total,
                        "new_worker_minutes_by_page": by_page.to_dict(), "rows": rows.to_dict("records"),
                        "iteration_seconds": [{"config": list(k), "seconds": v} for k, v in seconds.items()],
