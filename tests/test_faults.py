@@ -156,13 +156,23 @@ def test_sigterm_stops_parallel_workers_too(env):
     proc = subprocess.Popen([sys.executable, "-m", "advmoe", *ARGS[:4], "--jobs", "2", "--only", "moe-n2-r0.5-a",
                              "--no-progress", "--set", *SETTINGS, "epochs=50"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    children = []
-    deadline = time.time() + 120
-    while len(children) < 2 and time.time() < deadline:
-        time.sleep(0.2)
+
+    def spawned():  # the pool's two spawned processes; multiprocessing's resource tracker is a child too
         with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
             children = [int(c) for c in f.read().split()]
-    workers = [c for c in children if "spawn_main" in open(f"/proc/{c}/cmdline").read()]
+        found = []
+        for c in children:
+            try:
+                if "spawn_main" in open(f"/proc/{c}/cmdline").read():
+                    found.append(c)
+            except FileNotFoundError:  # exited between the two reads
+                pass
+        return found
+
+    deadline = time.time() + 120
+    while len(spawned()) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    workers = spawned()
     assert len(workers) == 2
     time.sleep(3)  # let them start training
     proc.send_signal(signal.SIGTERM)
