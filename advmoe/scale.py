@@ -202,7 +202,7 @@ def tablea1_rows(preset: str) -> tuple:
     """Table A1's rows at a preset. cpu: AT (MoE) and AdvMoE only, the comparison that isolates the training method on
     one architecture (a stronger training attack might be what AT (MoE)'s routers lacked). The whole slice at 10 steps,
     3 seeds, would cost about 6 h on 2 cores at this preset (estimated from measured costs: `benchmarks/scale_cost.py`);
-    these two rows about 2.4 h."""
+    these two rows' measured cost is in results/cpu/scale-cost.json."""
     return tuple(row for row in ex.TABLE1 if preset != "cpu" or row[0] in ("AT (MoE)", "AdvMoE"))
 
 
