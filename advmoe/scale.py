@@ -206,15 +206,23 @@ def tablea1_rows(preset: str) -> tuple:
     return tuple(row for row in ex.TABLE1 if preset != "cpu" or row[0] in ("AT (MoE)", "AdvMoE"))
 
 
-def table_a1(preset: str, device: str, recompute: bool):
-    """Table A1's rows (`tablea1_rows`) trained with a 10-step attack (`ex.train_attack(10)`), with the worst case
-    over every attack, and C13's verdicts: AdvMoE beats each baseline in RA-PGD (the worst case as second metric)."""
+def tablea1_records(preset: str, device: str, recompute: bool, steps: int | None = 10) -> list[dict]:
+    """The records of Table A1's rows run at a preset (`tablea1_rows`), trained with a `steps`-step attack
+    (`ex.train_attack`; None: the preset's own, i.e. Table 1's models), with RA-AA and the worst case over every attack."""
     from .report import with_autoattack
 
     dataset = ex.preset_settings(preset)["dataset"]
+    attack = {} if steps is None else ex.train_attack(steps)
+    records = collect(tablea1_rows(preset), preset, device, recompute, dataset, "resnet18", **attack)
+    return with_autoattack(records, device, recompute)
+
+
+def table_a1(preset: str, device: str, recompute: bool):
+    """Table A1's rows trained with a 10-step attack (`tablea1_records`), the rows not run at this preset as "not run"
+    records, and C13's verdicts: AdvMoE beats each baseline in RA-PGD (the worst case as second metric)."""
+    dataset = ex.preset_settings(preset)["dataset"]
     rows = tablea1_rows(preset)
-    records = collect(rows, preset, device, recompute, dataset, "resnet18", **ex.train_attack(10))
-    records = with_autoattack(records, device, recompute) + [
+    records = tablea1_records(preset, device, recompute) + [
         dict(dataset=dataset, backbone="resnet18", label=label, kind=kind, method=method, scale=r, seed=None,
              metrics=None, why="not run at this preset (compute; see below)")
         for label, kind, method, r in ex.TABLE1 if (label, kind, method, r) not in rows]
