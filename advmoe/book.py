@@ -1,11 +1,16 @@
 """Regenerate the book: execute every notebook with papermill (in place, atomically), then build the site.
 
 Stored results are reused unless `recompute`; an interrupted run loses nothing that finished (results
-are written per experiment, a notebook is replaced only once it executed completely).
+are written per experiment, a notebook is replaced only once it executed completely). Re-executing is
+idempotent: a page whose sources and outputs come out the same as the stored ones is left untouched
+(papermill's timestamps, cell ids and pandas' random table ids are not content), so `make book` on a
+clean clone leaves `git status` clean, while a real change of any output still shows.
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -26,17 +31,48 @@ PAGES = ["notebooks/tab1_overall.ipynb", "notebooks/fig1_overview.ipynb", "noteb
          "book/claims.ipynb", "book/verdicts.ipynb", "book/reproduce.ipynb", "book/status.ipynb"]  # the ledger and status read what the others wrote: last
 
 
-def hide_injected_parameters(path: Path) -> None:
-    """Keep papermill's injected-parameters cell out of the rendered page (the parameters cell is hidden too:
-    a reader sees the preset in the text and on the status page); `papermill -p` works as before."""
+VOLATILE = [(re.compile(r"T_[0-9a-f]{5}"), "T_"),  # pandas Styler's random table uuid (ids in its HTML and CSS)
+            (re.compile(r" at 0x[0-9a-f]+>"), ">")]  # object reprs (the text/plain of a Styler)
+
+
+def content(nb) -> dict:
+    """What a reader sees of an executed notebook: cell types, tags, sources and outputs, without the execution
+    metadata (papermill's timestamps and durations, its temporary output path, cell ids) or random table ids.
+    nb: as nbformat reads it (multi-line strings joined)."""
+    cells = []
+    for cell in nb["cells"]:
+        outputs = json.dumps(cell.get("outputs", []), sort_keys=True)
+        for pattern, fixed in VOLATILE:
+            outputs = pattern.sub(fixed, outputs)
+        cells.append((cell["cell_type"], cell["metadata"].get("tags", []), cell["source"], outputs))
+    return {"cells": cells, "parameters": nb["metadata"].get("papermill", {}).get("parameters")}
+
+
+def settle(fresh: Path, stored: Path) -> bool:
+    """Put a freshly executed notebook in place of the stored one if what a reader sees differs (True), else drop it
+    and keep the stored file byte for byte (False).
+
+    Papermill's injected-parameters cell is kept out of the rendered page (the parameters cell is hidden too: a
+    reader sees the preset in the text and on the status page; `papermill -p` works as before); a replaced notebook
+    records its own path, not the temporary one, and that cell gets a fixed id instead of papermill's random one.
+    """
     import nbformat
 
-    nb = nbformat.read(path, 4)
+    nb = nbformat.read(fresh, 4)
     for cell in nb.cells:
         tags = cell.metadata.setdefault("tags", [])
-        if "injected-parameters" in tags and "remove-cell" not in tags:
-            tags.append("remove-cell")
-    nbformat.write(nb, path)
+        if "injected-parameters" in tags:
+            cell.id = "injected-parameters"
+            if "remove-cell" not in tags:
+                tags.append("remove-cell")
+    meta = nb.metadata.get("papermill", {})
+    meta["output_path"] = meta.get("input_path")
+    if stored.is_file() and content(nb) == content(nbformat.read(stored, 4)):
+        fresh.unlink()
+        return False
+    nbformat.write(nb, fresh)
+    os.replace(fresh, stored)
+    return True
 
 
 def execute(preset: str = "cpu", device: str = "cpu", recompute: bool = False, pages: list[str] | None = None,
@@ -82,12 +118,11 @@ def execute(preset: str = "cpu", device: str = "cpu", recompute: bool = False, p
             # Relative paths keep this machine's folders out of the committed notebook's metadata.
             pm.execute_notebook(os.path.relpath(path), os.path.relpath(tmp), parameters=params,
                                 cwd=os.path.relpath(path.parent), progress_bar=False, kernel_name="python3")
-            hide_injected_parameters(Path(tmp))
-            os.replace(tmp, path)
+            changed = settle(Path(tmp), path)
         finally:
             Path(tmp).unlink(missing_ok=True)
         times[page] = time.perf_counter() - t0
-        tqdm.write(f"{page}: {times[page]:.0f}s")
+        tqdm.write(f"{page}: {times[page]:.0f}s, {'updated' if changed else 'unchanged'}")
     return times
 
 

@@ -260,8 +260,12 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+CODE = ("advmoe", "benchmarks", "pyproject.toml")  # what computes results: the package, its scripts, its configuration
+
+
 def provenance(device: torch.device) -> dict:
-    """Where and how a result is computed: code (git commit, dirty or not), versions, device, CPU and kernels."""
+    """Where and how a result is computed: code (git commit, and whether `CODE` has uncommitted changes; executed
+    pages, the book's text and results/ are not code), versions, device, CPU and kernels."""
     def git(*args):
         try:
             return subprocess.run(["git", *args], cwd=datalib.REPO, capture_output=True, text=True,
@@ -276,7 +280,7 @@ def provenance(device: torch.device) -> dict:
     import advmoe
     return {
         "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", *CODE)),
         "versions": {"advmoe": advmoe.__version__, "python": platform.python_version(), "torch": torch.__version__,
                      "torchvision": torchvision.__version__, "numpy": numpy.__version__, "pillow": PIL.__version__},
         "device": str(device),
@@ -304,8 +308,9 @@ def computing(device: str, root: Path | None = None):
     """Around every computation whose result is stored: yields (device, provenance).
 
     On the CPU it runs under the pinned thread count (advmoe.numerics; restored afterwards). Results are
-    not stored into the repository's results/ from a working tree with uncommitted changes to tracked
-    files, unless ADVMOE_ALLOW_DIRTY=1 (the CLI's --allow-dirty) asks for it; provenance records git_dirty.
+    not stored into the repository's results/ from a working tree with uncommitted changes to the code that
+    computes them (`CODE`; an executed notebook does not count), unless ADVMOE_ALLOW_DIRTY=1 (the CLI's
+    --allow-dirty) asks for it; provenance records git_dirty.
     """
     numerics.check()
     dev = resolve_device(device)
@@ -315,8 +320,8 @@ def computing(device: str, root: Path | None = None):
     try:
         started = provenance(dev)
         if started["git_dirty"] and _inside_repo(root) and os.environ.get(ALLOW_DIRTY) != "1":
-            raise ValueError(f"the working tree has uncommitted changes, and results/ must be computed from a "
-                             f"commit: commit first, or pass --allow-dirty ({ALLOW_DIRTY}=1) to store them marked dirty")
+            raise ValueError(f"the code ({', '.join(CODE)}) has uncommitted changes, and results/ must be computed from "
+                             f"a commit: commit first, or pass --allow-dirty ({ALLOW_DIRTY}=1) to store them marked dirty")
         yield dev, started
     finally:
         torch.set_num_threads(threads)

@@ -453,7 +453,8 @@ def compute_note(records: list[dict], preset: str) -> str:
 
 def page_table(preset: str, notebooks: Path | None = None, root: Path | None = None):
     """One row per notebook: the preset it last ran with, the data, code commits and machines of its stored results,
-    its experiments and their measured compute (worker-minutes, from provenance), and its last papermill run."""
+    its experiments and their measured compute (worker-minutes, from provenance), and the papermill run that last
+    changed what it shows (`book.settle` keeps a page whose re-execution changed nothing)."""
     import pandas as pd
 
     stored = load_verdicts(preset, root)
@@ -470,7 +471,7 @@ def page_table(preset: str, notebooks: Path | None = None, root: Path | None = N
             "experiments": v.get("experiments", 0),
             "experiment compute (min)": round(v.get("compute_seconds", 0) / 60, 1),
             "notebook run (s)": round(meta.get("duration") or 0, 1),
-            "executed": (meta.get("end_time") or "-")[:10],
+            "outputs last changed": (meta.get("end_time") or "-")[:10],
         })
     return pd.DataFrame(rows)
 
