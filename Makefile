@@ -21,9 +21,17 @@ data: install
 	@if [ ! -d data/cifar10-jpeg ] && [ -f $(SHARED)/data/cifar10-jpeg.tar.gz ]; then \
 		ADVMOE_SHARED=$(SHARED) $(VENV)/bin/advmoe fetch cifar10-jpeg; fi
 
-# Unit tests, then the notebooks under nbval (cells tagged nbval-check-output must reproduce their output).
+# Unit tests, then the notebooks under nbval (cells tagged nbval-check-output must reproduce their output), and the
+# browser check of the built site; the last line says when that check could not run (tests/test_site.py skips).
 test: install data
-	$(PY) -m pytest tests notebooks book --nbval-lax -p no:cacheprovider
+	@$(PY) -m pytest tests notebooks book --nbval-lax -p no:cacheprovider; status=$$?; \
+	if [ "$$ADVMOE_SITE_CHECK" != 1 ]; then \
+	  if [ ! -f _build/html/index.html ]; then \
+	    echo "make test: browser check of the site SKIPPED: no site built (make book first)"; \
+	  elif ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	    echo "make test: browser check of the site SKIPPED: chromium and chromedriver missing (sudo apt-get install chromium chromium-driver)"; \
+	  fi; \
+	fi; exit $$status
 
 # Train and evaluate the Table-1 slice of a preset (stored results are reused; RECOMPUTE=1 retrains).
 results: install data

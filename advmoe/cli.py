@@ -82,9 +82,10 @@ def cmd_audit(args) -> int:
     print(f"auditing {len(specs)} model(s), {args.jobs} at a time: {audit.settings(args.preset)}", flush=True)
 
     def report(spec, r):
-        bad = audit.failed(r)
-        print(f"{spec.name} ({spec.hash}): {'FAILS ' + ', '.join(bad) if bad else 'all checks pass'}  "
-              f"({r['provenance']['seconds']:.0f}s)", flush=True)
+        bad, warned = audit.failed(r), audit.warned(r)
+        said = ("FAILS " + ", ".join(bad) if bad else "all checks pass") + \
+               (f"; AutoAttack warned on {', '.join(warned)}" if warned else "")
+        print(f"{spec.name} ({spec.hash}): {said}  ({r['provenance']['seconds']:.0f}s)", flush=True)
 
     ex.get_many(specs, args.device, recompute=args.recompute, progress=not args.no_progress, jobs=args.jobs,
                 on_done=report, task=audit.audit)

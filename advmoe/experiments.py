@@ -557,7 +557,17 @@ def autoattack_eval(spec: ExperimentSpec, device: str = "cpu", root: Path | None
                                  progress=progress, per_example=pgd_correct)
         return {**aa, "ra_pgd_same_examples": ra_pgd, "pgd_steps": spec.eval_steps, "correct_pgd": bits(pgd_correct)}
 
-    return evaluation(spec, f"autoattack-{version}-n{n or 'all'}.json", compute, device, root, recompute, progress)
+    return evaluation(spec, _autoattack_file(spec), compute, device, root, recompute, progress)
+
+
+def _autoattack_file(spec: ExperimentSpec) -> str:
+    version, n = autoattack_settings(spec.preset)
+    return f"autoattack-{version}-n{n or 'all'}.json"
+
+
+def stored_autoattack(spec: ExperimentSpec, root: Path | None = None) -> dict | None:
+    """The stored AutoAttack result of a model (`autoattack_eval`), or None; never computes."""
+    return read_evaluation(result_dir(spec, root) / _autoattack_file(spec), spec, root)
 
 
 def get(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, recompute: bool = False,

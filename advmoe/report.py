@@ -187,17 +187,22 @@ def with_autoattack(records: list[dict], device: str, recompute: bool) -> list[d
 
 
 def audit_badge(specs: list) -> str:
-    """One line for a table row: which audit checks its model(s) fail, from the stored audits."""
+    """One line for a table row: which audit checks its model fails (the audit runs on the first seed,
+    `audit_specs`), and on which seeds AutoAttack warned that its own evaluation may be unreliable."""
     from . import audit
 
-    specs = [s for s in specs if s.seed == ex.preset_seeds(s.preset)[0]]  # the audited seed (`audit_specs`)
-    if not specs:
+    first = [s for s in specs if s.seed == ex.preset_seeds(s.preset)[0]]
+    if not first:
         return "-"
-    results = [audit.stored(s) for s in specs]
+    results = [audit.stored(s) for s in first]
     if any(r is None for r in results):
         return "not audited"
     bad = sorted({letter for r in results for letter in audit.failed(r)})
-    return "⚠ fails " + ", ".join(f"({b})" for b in bad) if bad else "passes all checks"
+    warned = sorted({s.seed for s in specs if (aa := ex.stored_autoattack(s)) and aa.get("warnings")})
+    said = "⚠ fails " + ", ".join(f"({b})" for b in bad) if bad else "⚠ passes" if warned else "passes all checks"
+    if warned:
+        said += f"; AutoAttack warned (seed{'s' if len(warned) > 1 else ''} {', '.join(map(str, warned))})"
+    return said
 
 
 def fmt(mean, std=None, digits: int = 2) -> str:

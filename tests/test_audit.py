@@ -80,6 +80,19 @@ def test_each_check_passes_on_a_sound_model_and_fails_on_its_own_symptom():
     assert audit.checks(_raw(autoattack=None))["e"]["passed"] is None  # not run: not a failure
 
 
+def test_autoattacks_own_warning_is_never_a_plain_pass():
+    said = "Square Attack has decreased the robust accuracy of 2.50%. This might indicate that ..."
+    plain = {"checks": audit.checks(_raw())}
+    warned = {"checks": audit.checks(_raw(autoattack={"ra_aa": 0.22, "ra_pgd_same_examples": 0.24, "n": 200,
+                                                      "version": "standard", "warnings": [said]}))}
+    assert audit.status(plain) == "passed" and audit.warned(plain) == []
+    assert warned["checks"]["e"]["passed"] is True  # the numbers agree ...
+    assert audit.warned(warned) == ["e"] and audit.status(warned) == "warned"  # ... but the library doubts them
+    assert warned["checks"]["e"]["warnings"] == [said] and "AutoAttack warned" in warned["checks"]["e"]["detail"]
+    failing = {"checks": audit.checks(_raw(square=0.15, autoattack={**_raw()["autoattack"], "warnings": [said]}))}
+    assert audit.status(failing) == "failed"  # a failure outranks a warning
+
+
 def test_tolerance_is_two_binomial_standard_errors():
     assert abs(audit.tolerance(0.5, 100) - 0.1) < 1e-12
     assert audit.tolerance(0.0, 100) > 0  # clipped: one example's worth of uncertainty at the edges

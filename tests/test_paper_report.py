@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from advmoe import paper, report as R
+from advmoe import experiments as ex, paper, report as R
 
 
 @pytest.mark.parametrize("key,expected", [
@@ -249,3 +249,25 @@ def test_a_row_not_run_still_shows_its_gflops_and_cut():
     assert small / dense == pytest.approx(0.25, rel=0.02) and math.isnan(vit)
     shown = R.display_table(df).data
     assert list(shown["cut"]) == ["0%", "75%", "-"] and list(shown["note"]) == ["not run at this preset"] * 3
+
+
+def test_a_row_autoattack_warned_about_is_never_badged_as_plainly_passing(monkeypatch):
+    from advmoe import audit
+
+    specs = [ex.row_spec("cpu", "moe", "advmoe", 0.5, seed=s) for s in (0, 1, 2)]
+    clean = {"checks": audit.checks({**_sound_audit(), "autoattack": None})}
+    monkeypatch.setattr(audit, "stored", lambda spec, root=None: clean)
+    monkeypatch.setattr(ex, "stored_autoattack", lambda spec, root=None: {"warnings": []})
+    assert R.audit_badge(specs) == "passes all checks"
+    said = ["Square Attack has decreased the robust accuracy of 1.00%."]
+    monkeypatch.setattr(ex, "stored_autoattack", lambda spec, root=None: {"warnings": said if spec.seed else []})
+    assert R.audit_badge(specs) == "⚠ passes; AutoAttack warned (seeds 1, 2)"
+    monkeypatch.setattr(audit, "stored", lambda spec, root=None: None)
+    assert R.audit_badge(specs) == "not audited"
+
+
+def _sound_audit() -> dict:
+    return {"n": 500, "steps": [10, 20], "eval_steps": 20, "large_eps": 64 / 255, "square_queries": 1000,
+            "zero_gradient_examples": 0, "nonfinite_gradient_examples": 0,
+            "ra": {"clean": 0.4, "eps0": 0.4, "pgd-10": 0.25, "pgd-20": 0.24, "large-eps": 0.0, "square": 0.3,
+                   "worst-case (f)": 0.24}}
