@@ -28,7 +28,8 @@ PAGES = ["notebooks/tab1_overall.ipynb", "notebooks/fig1_overview.ipynb", "noteb
          "notebooks/fig7_experts_vs_scale.ipynb", "notebooks/fig8_tabA2_model_scale.ipynb",
          "notebooks/tabA1_train_steps.ipynb",
          "notebooks/audit_robustness.ipynb",
-         "book/claims.ipynb", "book/verdicts.ipynb", "book/reproduce.ipynb", "book/status.ipynb"]  # the ledger and status read what the others wrote: last
+         "book/claims.ipynb", "book/intro.ipynb", "book/verdicts.ipynb", "book/reproduce.ipynb",
+         "book/status.ipynb"]  # the ledger, the landing page and status read what the others wrote: last
 
 
 VOLATILE = [(re.compile(r"T_[0-9a-f]{5}"), "T_"),  # pandas Styler's random table uuid (ids in its HTML and CSS)

@@ -14,6 +14,7 @@ from collections import Counter
 import torch
 
 from . import experiments as ex
+from . import paper
 from .dissect import CATEGORIES
 from .io import bits, from_bits, from_digits
 from .models import create_model, moe_layers
@@ -22,10 +23,12 @@ from .report import Verdict, per_image, sec4_specs, verdict
 
 PAPER_SCALES = [0.8, 0.5, 0.2]  # Fig. 3's model scales
 VERDICT_SCALE = 0.5  # the scale of the paper's Sec. 4 numbers, and of Fig. 4-6
+# The paper's θ̄ and θ̿ (its overline and double overline) look alike in many fonts and in plain text, so a word
+# always stands beside the symbol: in labels, verdicts and captions they are these two names.
+THETA_BAR, THETA_BARBAR = "θ̄ (routers AT)", "θ̿ (then backbone AT)"
 FIG3 = {"M1": "M1: ST (MoE)", "theta-bar": "θ̄: AT on the routers only", "M2": "M2: AT (S-Dense)",
         "M3": "M3: HYDRA mask over ST (Dense)"}
-PAPER_FIG3 = {"theta-bar": 37.64, "M1": 0.0, "M3": 20.04, "M2": 47.68}  # Sec. 4 text, r = 0.5, PGD-50 RA (%)
-PAPER_FIG4 = {"routing unchanged, prediction correct": 31.74, "routing unchanged": 76.27}  # theta-bar, r = 0.5
+PAPER_FIG3, PAPER_FIG4 = paper.FIG3_RA, paper.FIG4_SHARES  # Sec. 4 text, r = 0.5 (%): Fig. 3's RA, Fig. 4's shares
 
 
 def scales(preset: str) -> list[float]:
@@ -60,10 +63,10 @@ def fig3(preset: str, device: str, recompute: bool, grid: list[float]):
     if VERDICT_SCALE in grid:
         get = lambda key: by[(key, VERDICT_SCALE)]
         r = f" (r = {VERDICT_SCALE:g})"
-        verdicts = [verdict("Router-only AT raises RA: θ̄ RA > M1 RA" + r, get("theta-bar"), get("M1"), preset=preset),
-                    verdict("Router-only AT stays below AT (S-Dense): M2 RA > θ̄ RA" + r, get("M2"), get("theta-bar"),
+        verdicts = [verdict(f"Router-only AT raises RA: {THETA_BAR} RA > M1 RA" + r, get("theta-bar"), get("M1"), preset=preset),
+                    verdict(f"Router-only AT stays below AT (S-Dense): M2 RA > {THETA_BAR} RA" + r, get("M2"), get("theta-bar"),
                             preset=preset),
-                    verdict("Router-only AT beats the robust mask: θ̄ RA > M3 RA" + r, get("theta-bar"), get("M3"),
+                    verdict(f"Router-only AT beats the robust mask: {THETA_BAR} RA > M3 RA" + r, get("theta-bar"), get("M3"),
                             preset=preset)]
     return pd.DataFrame(rows), verdicts, records
 
@@ -71,7 +74,7 @@ def fig3(preset: str, device: str, recompute: bool, grid: list[float]):
 def dissected(preset: str, seed: int) -> dict:
     """The models Fig. 4/5 dissect (paper: theta-bar and theta-bar-bar; beyond it: AT (MoE) and AdvMoE), r = 0.5."""
     specs = sec4_specs(preset, VERDICT_SCALE, seed)
-    return {"θ̄ (routers AT)": specs["theta-bar"], "θ̄̄ (then backbone AT)": specs["theta-bar-bar"],
+    return {THETA_BAR: specs["theta-bar"], THETA_BARBAR: specs["theta-bar-bar"],
             "AT (MoE)": ex.make_spec(preset, "moe", "at", VERDICT_SCALE, seed=seed),
             "AdvMoE": ex.make_spec(preset, "moe", "advmoe", VERDICT_SCALE, seed=seed)}
 
@@ -104,16 +107,16 @@ def dissection_verdicts(stored: dict, preset: str) -> list[Verdict]:
     """C4 on theta-bar, C5 between theta-bar and theta-bar-bar, and the same questions for AdvMoE vs AT (MoE)."""
     per = {label: [_categories(d) for d in ds] for label, ds in stored.items()}
     col = lambda label, key: [per_image(c[key]) for c in per[label]]
-    bar, barbar = "θ̄ (routers AT)", "θ̄̄ (then backbone AT)"
+    bar, barbar = THETA_BAR, THETA_BARBAR
     steps = next(iter(stored.values()))[0]["steps"]
     how = lambda text: verdict(*text, metric="v", preset=preset)
     return [
-        how((f"Robust routers are not sufficient: of the PGD-{steps} attacks that leave θ̄'s routing intact, more fool "
-             f"it than not", col(bar, CATEGORIES[1]), col(bar, CATEGORIES[0]))),
-        how(("Robustifying θ̄'s experts raises prediction robustness: θ̄̄ RA > θ̄ RA", col(barbar, "correct"),
-             col(bar, "correct"))),
-        how(("... but lowers the routers' robustness: θ̄ routing unchanged > θ̄̄ routing unchanged", col(bar, "unchanged"),
-             col(barbar, "unchanged"))),
+        how((f"Robust routers are not sufficient: of the PGD-{steps} attacks that leave the routing of {bar} intact, "
+             f"more fool it than not", col(bar, CATEGORIES[1]), col(bar, CATEGORIES[0]))),
+        how((f"Robustifying the experts of {bar} raises prediction robustness: {barbar} RA > {bar} RA",
+             col(barbar, "correct"), col(bar, "correct"))),
+        how((f"... but lowers the routers' robustness: {bar} routing unchanged > {barbar} routing unchanged",
+             col(bar, "unchanged"), col(barbar, "unchanged"))),
         how(("AdvMoE's routing is more robust than AT (MoE)'s: routing unchanged AdvMoE > AT (MoE)",
              col("AdvMoE", "unchanged"), col("AT (MoE)", "unchanged"))),
     ]

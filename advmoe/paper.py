@@ -233,39 +233,66 @@ def value(dataset: str, backbone: str, method: str, scale: float, metric: str, t
     return PAPER.get((table, dataset.replace("cifar10-jpeg", "cifar10"), backbone, method, float(scale), metric))
 
 
-# The paper's claims, in its order. `covered_by`: (notebook, verdict claim prefix) pairs whose computed
-# verdicts decide the claim; empty = not yet covered by any notebook.
+# Sec. 4's numbers, given in the text at r = 0.5 (ResNet-18, CIFAR-10, PGD-50), in %.
+FIG3_RA = {"theta-bar": 37.64, "M1": 0.0, "M3": 20.04, "M2": 47.68}  # Fig. 3: robust accuracy of each model
+FIG4_SHARES = {"routing unchanged, prediction correct": 31.74, "routing unchanged": 76.27}  # Fig. 4: theta-bar
+
+
+def _vs(a: str, b: str, metric: str = "ra", table: str = "1", unit: str = "%") -> str:
+    """The paper's two numbers of a comparison "a > b" (ResNet-18, CIFAR-10; its own scale per row), as the ledger
+    shows them beside ours."""
+    x, y = (PAPER[(table, "cifar10", "resnet18", m, SCALE.get(m, 0.5), metric)][0] for m in (a, b))
+    return f"{x:g}{unit} vs {y:g}{unit}"
+
+
+def _cut(a: str, b: str) -> str:
+    """The paper's GFLOPs cut of row a against row b (Table 1), with both counts."""
+    x, y = (PAPER[("1", "cifar10", "resnet18", m, SCALE.get(m, 0.5), "gflops")][0] for m in (a, b))
+    return f"cut {100 * (1 - x / y):.1f}% ({x:g} vs {y:g} GFLOPs)"
+
+
+# The paper's claims, in its order, numbered in that order. `covered_by`: (notebook, verdict claim prefix[, the
+# paper's numbers for that comparison]) whose computed verdicts decide the claim; empty = not yet covered.
+_UNCHANGED_WRONG = FIG4_SHARES["routing unchanged"] - FIG4_SHARES["routing unchanged, prediction correct"]
 CLAIMS = [
-    dict(id="C1", source="Sec. 3, Fig. 2", covered_by=[("fig2_at_vs_eps", "AT (S-Dense) RA > AT (MoE) RA at every eps")],
+    dict(id="C1", source="Sec. 3, Fig. 2",
+         covered_by=[("fig2_at_vs_eps", "AT (S-Dense) RA > AT (MoE) RA at every eps",
+                      _vs("at-s-dense", "at-moe") + " at 8/255 (Table 1)")],
          text="Under the same AT (TRADES), the MoE-CNN is less robust than S-Dense at every eps in {2..8}/255."),
-    dict(id="C2", source="Fig. 1b", covered_by=[("fig1_overview", "ST: MoE SA > S-Dense SA"),
-                                                ("fig1_overview", "ST: Dense SA > MoE SA")],
+    dict(id="C2", source="Fig. 1b", covered_by=[("fig1_overview", "ST: MoE SA > S-Dense SA", _vs("st-moe", "st-s-dense", "sa", "fig1b")),
+                                                ("fig1_overview", "ST: Dense SA > MoE SA", _vs("st-dense", "st-moe", "sa", "fig1b"))],
          text="Under standard training the MoE-CNN's clean accuracy lies between S-Dense and Dense."),
     dict(id="C3", source="Sec. 4, Insight 1, Fig. 3",
-         covered_by=[("fig3_router_only", "Router-only AT raises RA"),
-                     ("fig3_router_only", "Router-only AT stays below AT (S-Dense)")],
+         covered_by=[("fig3_router_only", "Router-only AT raises RA", f"{FIG3_RA['theta-bar']:g}% vs {FIG3_RA['M1']:g}%"),
+                     ("fig3_router_only", "Router-only AT stays below AT (S-Dense)",
+                      f"{FIG3_RA['M2']:g}% vs {FIG3_RA['theta-bar']:g}%")],
          text="Robustifying only the routers raises the MoE's RA (37.6% vs 0%) but stays well below AT (S-Dense)."),
     dict(id="C4", source="Sec. 4, Insight 2, Fig. 4",
-         covered_by=[("fig4_fig5_dissection", "Robust routers are not sufficient")],
+         covered_by=[("fig4_fig5_dissection", "Robust routers are not sufficient",
+                      f"{_UNCHANGED_WRONG:.2f}% vs {FIG4_SHARES['routing unchanged, prediction correct']:g}% of images")],
          text="Robust routers are not sufficient: over half of the attacks that leave routing intact still fool the MoE."),
     dict(id="C5", source="Sec. 4, Insight 3, Fig. 5",
-         covered_by=[("fig4_fig5_dissection", "Robustifying θ̄'s experts raises prediction robustness"),
+         covered_by=[("fig4_fig5_dissection", "Robustifying the experts of θ̄ (routers AT) raises prediction robustness"),
                      ("fig4_fig5_dissection", "... but lowers the routers' robustness")],
          text="Robustifying the experts after the routers raises overall RA but lowers the routers' robustness."),
-    dict(id="C6", source="Sec. 5.2, Table 1 (first)", covered_by=[("tab1_overall", "AdvMoE RA > AT (MoE) RA"),
-                                                                  ("tab1_overall", "AdvMoE RA > AT (S-Dense) RA"),
-                                                                  ("tab1_overall", "AdvMoE RA > AT (Sparse) RA")],
+    dict(id="C6", source="Sec. 5.2, Table 1 (first)",
+         covered_by=[("tab1_overall", "AdvMoE RA > AT (MoE) RA", _vs("advmoe", "at-moe")),
+                     ("tab1_overall", "AdvMoE RA > AT (S-Dense) RA", _vs("advmoe", "at-s-dense")),
+                     ("tab1_overall", "AdvMoE RA > AT (Sparse) RA", _vs("advmoe", "at-sparse"))],
          text="AdvMoE is more robust than AT (S-Dense), AT (Sparse) and AT (MoE) in every cell (by about 1-5 points)."),
-    dict(id="C7", source="Sec. 5.2, Table 1 (first)", covered_by=[("tab1_overall", "AdvMoE RA > AT (Dense) RA")],
+    dict(id="C7", source="Sec. 5.2, Table 1 (first)",
+         covered_by=[("tab1_overall", "AdvMoE RA > AT (Dense) RA", _vs("advmoe", "at-dense"))],
          text="AdvMoE (r = 0.5) beats AT (Dense) (r = 1) in most cells, by about 1-4 points."),
-    dict(id="C8", source="Sec. 5.2, Table 1 (third); Fig. 1b",
-         covered_by=[("tab1_overall", "AT (S-Dense) RA > AT (MoE) RA"), ("fig1_overview", "AT: S-Dense RA > MoE RA")],
+    dict(id="C8", source="Sec. 5.2, Table 1 (third); Fig. 1b shows the same two models",
+         covered_by=[("tab1_overall", "AT (S-Dense) RA > AT (MoE) RA", _vs("at-s-dense", "at-moe"))],
          text="AT applied directly to the MoE, AT (MoE), is worse than AT (S-Dense) in every cell."),
-    dict(id="C9", source="Sec. 5.2, Table 1 (fourth)", covered_by=[("tab1_overall", "MoE cuts > 50% of Dense GFLOPs")],
+    dict(id="C9", source="Sec. 5.2, Table 1 (fourth)",
+         covered_by=[("tab1_overall", "MoE cuts > 50% of Dense GFLOPs", _cut("advmoe", "at-dense"))],
          text="The MoE-CNN keeps more than 50% of Dense's inference GFLOPs off."),
-    dict(id="C10", source="Sec. 5.2, Table 2", covered_by=[("tab2_autoattack", "AdvMoE RA-AA > AT (S-Dense) RA-AA"),
-                                                          ("tab2_autoattack", "AdvMoE RA-AA > AT (Sparse) RA-AA"),
-                                                          ("tab2_autoattack", "AdvMoE RA-AA > AT (MoE) RA-AA")],
+    dict(id="C10", source="Sec. 5.2, Table 2",
+         covered_by=[("tab2_autoattack", "AdvMoE RA-AA > AT (S-Dense) RA-AA", _vs("advmoe", "at-s-dense", "ra_aa", "2")),
+                     ("tab2_autoattack", "AdvMoE RA-AA > AT (Sparse) RA-AA", _vs("advmoe", "at-sparse", "ra_aa", "2")),
+                     ("tab2_autoattack", "AdvMoE RA-AA > AT (MoE) RA-AA", _vs("advmoe", "at-moe", "ra_aa", "2"))],
          text="Under AutoAttack, AdvMoE still beats AT (S-Dense), AT (Sparse) and AT (MoE)."),
     dict(id="C11", source="Sec. 5.2, Fig. 6",
          covered_by=[("fig6_pathway_iou", "AdvMoE's pathways overlap the AT (Sparse) mask less"),
@@ -276,15 +303,15 @@ CLAIMS = [
          covered_by=[("fig7_experts_vs_scale", "AdvMoE beats AT (Dense) where N < 8 and r in [0.5, 0.9]"),
                      ("fig7_experts_vs_scale", "AdvMoE falls behind AT (Dense) where N >= 8 and r < 0.5")],
          text="AdvMoE beats AT (Dense) for N < 8 and r in [0.5, 0.9]; with N >= 8 and r < 0.5 it falls behind."),
-    dict(id="C15", source="Sec. 5.2, Fig. 8, Table A2",
+    dict(id="C13", source="Sec. 5.2, Fig. 8, Table A2",
          covered_by=[("fig8_tabA2_model_scale", "AdvMoE beats every same-r baseline at r ="),
                      ("fig8_tabA2_model_scale", "AdvMoE's gain over the best same-r baseline grows with r")],
          text="At every model scale r AdvMoE beats every same-r baseline, and its gain grows with r."),
-    dict(id="C13", source="Appendix C, Table A1",
-         covered_by=[("tabA1_train_steps", "10-step training: AdvMoE RA > AT (MoE) RA"),
+    dict(id="C14", source="Appendix C, Table A1",
+         covered_by=[("tabA1_train_steps", "10-step training: AdvMoE RA > AT (MoE) RA", _vs("advmoe", "at-moe", "ra", "A1")),
                      ("tabA1_train_steps", "With a 10-step training attack AdvMoE beats every baseline")],
          text="With a 10-step training attack AdvMoE still beats every baseline in RA and RA-AA."),
-    dict(id="C14", source="Appendix C, Fig. A2",
+    dict(id="C15", source="Appendix C, Fig. A2",
          covered_by=[("figA2_trajectory", "AdvMoE's RA (tracked) has plateaued"),
                      ("figA2_trajectory", "AdvMoE's SA has plateaued")],
          text="AdvMoE converges within 100 epochs under the cosine schedule."),

@@ -260,6 +260,7 @@ class Verdict:
     also: str | None = None  # the same claim judged under a second metric, e.g. "RA worst case: inconclusive"
     unit: str = "pp"  # of gap, se and threshold: percentage points unless the metric is not a share
     gap_name: str = "gap"  # what `gap` measures, for the summary line ("change" for a plateau)
+    values: list[float] | None = None  # our two compared numbers, A and B (means over seeds; % where unit is pp)
 
     def __str__(self) -> str:
         return f"{self.claim}: {self.status} ({self.detail})"
@@ -336,6 +337,7 @@ def verdict(claim: str, a: list[dict], b: list[dict], metric: str = "ra", preset
     if not a or not b:
         return Verdict(claim, "not run", None, None, "no results at this preset")
     gaps = [scale * (x["final"][metric] - y["final"][metric]) for x, y in zip(a, b)]
+    values = [scale * sum(x["final"][metric] for x in side) / len(side) for side in (a, b)]
     k = len(gaps)
     gap, sd = _mean_std(gaps)
     se_test, n, paired = test_set_se(a, b, metric, scale)
@@ -343,14 +345,14 @@ def verdict(claim: str, a: list[dict], b: list[dict], metric: str = "ra", preset
     test_part = f"{'paired ' if paired else ''}test-set SE {se_test:.2f}"
     if k == 1:
         return Verdict(claim, "inconclusive", gap, se_test, f"{where}: gap {gap:+.2f} {unit}; one seed: the seed "
-                       f"spread is unknown, so no verdict ({test_part})", unit=unit)
+                       f"spread is unknown, so no verdict ({test_part})", unit=unit, values=values)
     se = math.sqrt(sd ** 2 / k + se_test ** 2)
     threshold = t975(k - 1) * se
     status = "reproduced" if gap > threshold else "not reproduced" if gap < -threshold else "inconclusive"
     short = (f"; undecided: the gap is {threshold - abs(gap):.2f} {unit} short of the threshold"
              if status == "inconclusive" else "")
     return Verdict(claim, status, gap, se, f"{where}: gap {gap:+.2f} {unit}, threshold {threshold:.2f} {unit} "
-                   f"(t({k - 1}) x SE; seed SD {sd:.2f}, {test_part}){short}", threshold, unit=unit)
+                   f"(t({k - 1}) x SE; seed SD {sd:.2f}, {test_part}){short}", threshold, unit=unit, values=values)
 
 
 def verdict_summary(verdicts: list[Verdict]):

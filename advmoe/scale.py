@@ -219,7 +219,7 @@ def tablea1_records(preset: str, device: str, recompute: bool, steps: int | None
 
 def table_a1(preset: str, device: str, recompute: bool):
     """Table A1's rows trained with a 10-step attack (`tablea1_records`), the rows not run at this preset as "not run"
-    records, and C13's verdicts: AdvMoE beats each baseline in RA-PGD (the worst case as second metric)."""
+    records, and C14's verdicts: AdvMoE beats each baseline in RA-PGD (the worst case as second metric)."""
     dataset = ex.preset_settings(preset)["dataset"]
     rows = tablea1_rows(preset)
     records = tablea1_records(preset, device, recompute) + [

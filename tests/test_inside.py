@@ -1,4 +1,5 @@
 """Fig. 3-6 (advmoe.inside) at the smoke preset: the chains train, the measures are consistent, the verdicts decide."""
+import json
 import math
 
 import pytest
@@ -41,13 +42,13 @@ def test_dissection_shares_and_verdicts(smoke_results):
     shares, layers, stored, records = inside.dissections("smoke", "cpu", False)
     totals = shares.groupby(["model", "seed"]).share.sum()
     assert totals.round(6).eq(100).all() and set(shares.category) == set(CATEGORIES)
-    assert set(stored) == {"θ̄ (routers AT)", "θ̄̄ (then backbone AT)", "AT (MoE)", "AdvMoE"}
+    assert set(stored) == {inside.THETA_BAR, inside.THETA_BARBAR, "AT (MoE)", "AdvMoE"}
     assert layers.rate.between(0, 100).all()
     verdicts = inside.dissection_verdicts(stored, "smoke")
     assert len(verdicts) == 4 and {v.status for v in verdicts} <= STATUSES
     d = stored["AdvMoE"][0]  # the C5 verdict's gap is the difference of the stored routing-unchanged shares
     gap = [100 * (a["routing_unchanged"] - b["routing_unchanged"])
-           for a, b in zip(stored["θ̄ (routers AT)"], stored["θ̄̄ (then backbone AT)"])]
+           for a, b in zip(stored[inside.THETA_BAR], stored[inside.THETA_BARBAR])]
     assert verdicts[2].gap == pytest.approx(sum(gap) / len(gap))
     assert len(d["routes_clean"]) == len(d["layer_change_rate"])
 
@@ -77,3 +78,26 @@ def test_scale_grids_per_preset():
     assert inside.seeds("paper", 0.8) == ex.preset_seeds("paper")  # the paper preset decides at every scale
     with pytest.raises(ValueError, match="preset must be one of"):
         inside.scales("huge")
+
+
+def _plain(text: str) -> str:
+    """The text as a font without combining overlines shows it: every combining mark dropped."""
+    import unicodedata
+
+    return "".join(c for c in unicodedata.normalize("NFD", text) if not unicodedata.combining(c))
+
+
+def test_theta_bar_and_theta_double_bar_stay_apart_in_every_rendering():
+    """θ̄ and θ̿ differ only by a combining mark, which many fonts (and the pages' monospace verdicts) draw alike: the
+    names differ without it, and every θ the executed Sec. 4 pages print carries one of the names (or Fig. 3's label)."""
+    import re
+
+    from advmoe.data import REPO
+
+    assert _plain(inside.THETA_BAR) != _plain(inside.THETA_BARBAR)
+    names = (inside.THETA_BAR, inside.THETA_BARBAR, inside.FIG3["theta-bar"])
+    for page in ("fig3_router_only", "fig4_fig5_dissection"):
+        nb = json.loads((REPO / "notebooks" / f"{page}.ipynb").read_text())
+        shown = " ".join(json.dumps(o, ensure_ascii=False) for c in nb["cells"] for o in c.get("outputs", []))
+        bare = [m.start() for m in re.finditer("θ", shown) if not any(shown.startswith(n, m.start()) for n in names)]
+        assert not bare, (page, [shown[i - 30:i + 30] for i in bare[:3]])

@@ -112,7 +112,7 @@ def test_claims_ledger_references_real_verdicts():
     from advmoe.data import REPO
     stored = R.load_verdicts("cpu", REPO / "results")
     for claim in paper.CLAIMS:
-        for nb, prefix in claim["covered_by"]:
+        for nb, prefix, *_ in claim["covered_by"]:
             assert nb in pages, (claim["id"], nb)
             assert any(v["claim"].startswith(prefix) for v in stored[nb]["verdicts"]), (claim["id"], prefix)
 

@@ -70,7 +70,7 @@ def test_table_rows_carry_their_audit_badge(browser):
         driver.get(f"{base}/{page}")
         rows = driver.execute_script(
             "return Array.from(document.querySelectorAll('main table tbody tr')).map(r => r.innerText);")
-        badged = [r for r in rows if "passes all checks" in r or "fails (" in r]
+        badged = [r for r in rows if "passes all checks" in r or "fails (" in r or "AutoAttack warned" in r]
         assert len(badged) >= 4, (page, rows)
 
 
@@ -125,3 +125,76 @@ def test_pages_read_like_a_paper(browser, page):
     assert found["params"] == 0, "the parameters cell (or papermill's injected copy) is rendered"
     assert found["verdictBox"] and found["verdictFirst"], "no verdict admonition above the first table or figure"
     assert any(w in found["verdictText"] for w in ("reproduced", "inconclusive", "passed", "failed", "not run"))
+
+
+TABLES_AND_TEXT = """
+const main = document.querySelector('main');
+const indexed = Array.from(main.querySelectorAll('table')).filter(t => {
+  const rows = Array.from(t.querySelectorAll('tbody tr'));
+  return rows.length > 1 && rows.every((r, i) => r.cells[0] && r.cells[0].tagName === 'TH'
+                                              && r.cells[0].innerText.trim() === String(i));
+}).map(t => t.innerText.slice(0, 80));
+return {indexed, text: main.innerText};
+"""
+
+
+@pytest.mark.parametrize("page", _pages())
+def test_no_table_shows_a_bare_pandas_index_and_no_caption_a_raw_dict(browser, page):
+    import re
+
+    driver, base = browser
+    driver.get(f"{base}/{page}")
+    found = driver.execute_script(TABLES_AND_TEXT)
+    assert found["indexed"] == [], f"a table with a 0, 1, 2, ... row index: {found['indexed']}"
+    raw = re.findall(r"\{'[^']*': [^}]{0,40}", found["text"])
+    assert raw == [], f"a Python dict printed on the page: {raw}"
+
+
+def test_ledger_is_a_dashboard_of_links_in_id_order(browser):
+    driver, base = browser
+    driver.get(f"{base}/book/claims.html")
+    driver.save_screenshot(str(SHOTS / "book_claims_dashboard.png"))
+    rows = driver.execute_script("""
+      const t = document.querySelector('main table');
+      const head = Array.from(t.querySelectorAll('thead th')).map(h => h.innerText.trim());
+      return {head, rows: Array.from(t.querySelectorAll('tbody tr')).map(r => ({
+        cells: Array.from(r.cells).map(c => c.innerText.trim()),
+        links: Array.from(r.querySelectorAll('a')).map(a => a.getAttribute('href'))}))};""")
+    head = rows["head"]
+    for column in ("id", "claim", "verdict", "ours", "paper", "gap vs threshold", "page"):
+        assert column in head, head
+    ids = [r["cells"][head.index("id")] for r in rows["rows"] if r["cells"][head.index("id")]]  # a claim's first row
+    assert ids == [f"C{i}" for i in range(1, len(ids) + 1)], ids
+    covered = [r for r in rows["rows"] if r["cells"][head.index("verdict")] not in ("", "not yet covered")]
+    assert covered and all(r["links"] for r in covered)
+    for r in covered:
+        for href in r["links"]:
+            assert href.startswith("../notebooks/") and (SITE / "book" / href).resolve().is_file(), href
+    evidence = driver.execute_script("return Array.from(document.querySelectorAll('main details'))"
+                                     ".map(d => d.open);")
+    assert len(evidence) == len(ids) and not any(evidence), "the evidence should sit collapsed, one block per claim"
+    assert not any(len(c) > 1500 for r in rows["rows"] for c in r["cells"]), "a wall of text in the table"
+
+
+def test_landing_page_answers_with_the_ledgers_counts(browser):
+    import re
+    from collections import Counter
+
+    driver, base = browser
+    driver.get(f"{base}/book/claims.html")
+    head = driver.execute_script("return Array.from(document.querySelectorAll('main table thead th'))"
+                                 ".map(h => h.innerText.trim());")
+    verdicts = [v for v in driver.execute_script(f"return Array.from(document.querySelectorAll('main table tbody tr'))"
+                                                 f".map(r => r.cells[{head.index('verdict')}].innerText.trim());") if v]
+    driver.get(f"{base}/index.html")
+    driver.save_screenshot(str(SHOTS / "landing.png"))
+    main = driver.find_element("tag name", "main")
+    line = re.search(r"At the cpu preset: ([^.]*)\.", main.text)
+    assert line, main.text[:1500]
+    said = {status: int(n) for n, status in re.findall(r"(\d+) (not reproduced|reproduced|inconclusive|not run|"
+                                                        r"not yet covered)", line.group(1))}
+    assert said == dict(Counter(verdicts)), (said, Counter(verdicts))
+    decided = [a.get_attribute("href") for a in main.find_elements("css selector", "li li a")]
+    assert len(decided) >= said.get("reproduced", 0) + said.get("not reproduced", 0)
+    assert all("/notebooks/" in href for href in decided), decided
+    assert main.text.find("At the cpu preset") < main.text.find("The papers"), "the answer should come first"
