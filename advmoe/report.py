@@ -205,6 +205,22 @@ def audit_badge(specs: list) -> str:
     return said
 
 
+def audit_note(df) -> str:
+    """One line under a table: the rows the audit flags (`audit_badge`) and what a flag means for their numbers."""
+    failed = [f"{m} {a}" for m, a in zip(df.method, df.audit) if a.startswith("⚠ fails")]
+    warned = [f"{m} {a}" for m, a in zip(df.method, df.audit) if a.startswith("⚠ passes")]
+    if not failed and not warned:
+        return "Every model on this page passes the robustness audit, and AutoAttack raised no warning on any."
+    said = []
+    if failed:
+        said.append(f"Audit failures: {'; '.join(failed)}. Their PGD robust accuracy overstates their robustness.")
+    if warned:
+        said.append(f"AutoAttack warned that its own evaluation may be unreliable for: {'; '.join(warned)}. Their PGD "
+                    f"robust accuracy may overstate their robustness; the RA worst case counts every image any attack "
+                    f"broke.")
+    return " ".join(said) + " See the robustness audit and Table 2 (AutoAttack)."
+
+
 def fmt(mean, std=None, digits: int = 2) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "-"

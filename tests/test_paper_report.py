@@ -271,3 +271,16 @@ def _sound_audit() -> dict:
             "zero_gradient_examples": 0, "nonfinite_gradient_examples": 0,
             "ra": {"clean": 0.4, "eps0": 0.4, "pgd-10": 0.25, "pgd-20": 0.24, "large-eps": 0.0, "square": 0.3,
                    "worst-case (f)": 0.24}}
+
+
+def test_the_audit_note_separates_failures_from_autoattacks_warnings():
+    import pandas as pd
+
+    plain = pd.DataFrame({"method": ["AT (Dense)"], "audit": ["passes all checks"]})
+    assert R.audit_note(plain).startswith("Every model on this page passes")
+    mixed = pd.DataFrame({"method": ["A", "B", "C"],
+                          "audit": ["⚠ fails (c)", "⚠ passes; AutoAttack warned (seed 2)", "passes all checks"]})
+    note = R.audit_note(mixed)
+    assert "Audit failures: A ⚠ fails (c). Their PGD robust accuracy overstates" in note
+    assert "may be unreliable for: B ⚠ passes; AutoAttack warned (seed 2). Their PGD robust accuracy may overstate" in note
+    assert "C " not in note
