@@ -63,11 +63,12 @@ def fig3(preset: str, device: str, recompute: bool, grid: list[float]):
     if VERDICT_SCALE in grid:
         get = lambda key: by[(key, VERDICT_SCALE)]
         r = f" (r = {VERDICT_SCALE:g})"
-        verdicts = [verdict(f"Router-only AT raises RA: {THETA_BAR} RA > M1 RA" + r, get("theta-bar"), get("M1"), preset=preset),
-                    verdict(f"Router-only AT stays below AT (S-Dense): M2 RA > {THETA_BAR} RA" + r, get("M2"), get("theta-bar"),
+        verdicts = [verdict(f"Router-only AT raises RA: {THETA_BAR} RA > M1 RA" + r, get("theta-bar"), get("M1"),
                             preset=preset),
-                    verdict(f"Router-only AT beats the robust mask: {THETA_BAR} RA > M3 RA" + r, get("theta-bar"), get("M3"),
-                            preset=preset)]
+                    verdict(f"Router-only AT stays below AT (S-Dense): M2 RA > {THETA_BAR} RA" + r, get("M2"),
+                            get("theta-bar"), preset=preset),
+                    verdict(f"Router-only AT beats the robust mask: {THETA_BAR} RA > M3 RA" + r, get("theta-bar"),
+                            get("M3"), preset=preset)]
     return pd.DataFrame(rows), verdicts, records
 
 
