@@ -26,3 +26,32 @@ def trades_loss(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch
     logits = model(x)
     logits_adv = model(x_adv)
     return F.cross_entropy(logits, y) + beta * kl_from_logits(logits, logits_adv), logits
+
+
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    """Sum of -p log p over every entry, with log(0) read as log(1e-5) (the authors' guard; 0 log 0 = 0 either way)."""
+    return -(p * (p + (p == 0) * 1e-5).log()).sum()
+
+
+def balancing_loss(scores: torch.Tensor, kind: str) -> torch.Tensor:
+    """A Robust Experts balancing loss of one MoE layer's gate scores (T samples x N experts, rows softmax outputs),
+    as the authors' code defines it (../shared/papers/robust-experts-2025-facts.md, Sec. 3):
+
+    - "switch": N * sum_i f_i P_i - 1, f_i the share of samples whose top expert is i (no gradient), P_i the mean
+      score of expert i; 0 at perfect balance.
+    - "entropy": the mean per-sample entropy minus the entropy of the mean routing (confident and balanced).
+    - "column-entropy": minus the entropy of the mean routing (the formula the paper prints for its entropy loss).
+    - "none": 0.
+    """
+    t, n = scores.shape
+    mean = scores.mean(0)
+    if kind == "switch":
+        f = F.one_hot(scores.argmax(1), n).to(scores.dtype).mean(0).detach()
+        return n * (f * mean).sum() - 1
+    if kind == "entropy":
+        return _entropy(scores) / t - _entropy(mean)
+    if kind == "column-entropy":
+        return -_entropy(mean)
+    if kind == "none":
+        return scores.sum() * 0
+    raise ValueError(f"unknown balancing loss {kind!r}; allowed: switch, entropy, column-entropy, none")

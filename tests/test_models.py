@@ -6,17 +6,18 @@ from torch.utils.flop_counter import FlopCounterMode
 import advmoe
 from advmoe.bench import mixed_routing
 from advmoe.flops import gflops
-from advmoe.models import (MoEConv2d, compact, backbone_parameters, create_model, dense_reference, list_models, moe_layers,
+from advmoe.models import (BACKBONES, MoEConv2d, compact, backbone_parameters, create_model, dense_reference, list_models, moe_layers,
                            record_routing, router_parameters)
 
 KIND_ARGS = {"dense": dict(scale=1.0), "s-dense": dict(scale=0.5), "moe": dict(scale=0.5, n_experts=2),
-             "sparse": dict(scale=0.5)}
-REGISTRY = [(name.rsplit("-", 1)[0] if not name.endswith("s-dense") else name[:-len("-s-dense")],
-             name[len(name.split("-")[0]) + 1:]) for name in list_models()]
+             "sparse": dict(scale=0.5), "block-moe": dict(n_experts=4, top_k=2, gate="conv-gap"),
+             "conv-moe": dict(n_experts=4, balancing="switch")}
+REGISTRY = [(b, name[len(b) + 1:]) for name in list_models() for b in BACKBONES if name.startswith(b + "-")]
 
 
 def test_registry_lists_every_kind():
-    assert set(list_models("resnet18-*")) == {"resnet18-dense", "resnet18-s-dense", "resnet18-moe", "resnet18-sparse"}
+    assert set(list_models("resnet18-*")) == {"resnet18-dense", "resnet18-s-dense", "resnet18-moe", "resnet18-sparse",
+                                              "resnet18-block-moe", "resnet18-conv-moe"}
     assert list_models("nothing*") == []
 
 

@@ -14,11 +14,13 @@ from .moe import (MoEConv2d, Router, RoutedNet, Routes, SharedRouter, backbone_p
                   fixed_routing, forced_expert, moe_layers, record_routing, router_parameters,
                   soft_routing)
 from .resnet import resnet18
+from .topk import BALANCING, GATES, TopKMoE, balancing_losses, check_layer_args, insert
 from .sparse import (compact, init_scores_from_weights, mask_factory, mask_parameters, mask_stage_parameters, masks,
                      weight_parameters)
 
 BACKBONES = {"resnet18": (resnet18, 64)}  # name -> (constructor, paper base width)
-KINDS = ("dense", "s-dense", "moe", "sparse")
+KINDS = ("dense", "s-dense", "moe", "sparse")  # AdvMoE's models (what an ExperimentSpec trains)
+TOPK_KINDS = ("block-moe", "conv-moe")  # Robust Experts' models (`advmoe.models.topk`)
 ROUTERS = ("per-layer", "shared")
 
 
@@ -27,12 +29,12 @@ def scaled(channels: int, scale: float) -> int:
 
 
 def check_model_args(backbone: str, kind: str, scale: float, n_experts: int, router: str,
-                     num_classes: int = 10, base_width: int | None = None) -> None:
+                     num_classes: int = 10, base_width: int | None = None, kinds: tuple[str, ...] = KINDS) -> None:
     """Raise ValueError naming the allowed values; called before any compute."""
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; allowed: {', '.join(BACKBONES)}")
-    if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}; allowed: {', '.join(KINDS)}")
+    if kind not in kinds:
+        raise ValueError(f"unknown kind {kind!r}; allowed: {', '.join(kinds)}")
     if not isinstance(scale, (int, float)) or not 0 < scale <= 1:
         raise ValueError(f"scale must be in (0, 1], got {scale!r}")
     if kind == "sparse" and scale == 1:
@@ -50,16 +52,24 @@ def check_model_args(backbone: str, kind: str, scale: float, n_experts: int, rou
 
 
 def create_model(backbone: str, kind: str, scale: float = 1.0, n_experts: int = 2, num_classes: int = 10,
-                 router: str = "per-layer", base_width: int | None = None) -> RoutedNet:
+                 router: str = "per-layer", base_width: int | None = None, placement: str = "layer4",
+                 gate: str = "gap-fc", top_k: int = 1, balancing: str = "entropy") -> RoutedNet:
     """Dense (r = 1), S-Dense (every width times r), MoE (S-Dense widths, 3x3 block convs of N experts) or
-    Sparse (Dense widths, a channel mask keeping r of each layer's channels: `advmoe.models.sparse`).
+    Sparse (Dense widths, a channel mask keeping r of each layer's channels: `advmoe.models.sparse`); and the
+    Robust Experts models: BlockMoE (the residual blocks at `placement`, "layer4" or one block, "layer4.1", each
+    replaced by N fresh copies behind a gate) and ConvMoE (every conv of the stage `placement`), with a "gap-fc" or
+    "conv-gap" gate, top-k routing and the noisy training gate of their `balancing` loss (`advmoe.models.topk`).
 
     base_width defaults to the paper's (64 for ResNet-18); smaller values give the cheaper models of
     the `cpu` preset.
     """
-    check_model_args(backbone, kind, scale, n_experts, router, num_classes, base_width)
+    check_model_args(backbone, kind, scale, n_experts, router, num_classes, base_width, KINDS + TOPK_KINDS)
     build, paper_width = BACKBONES[backbone]
     width = scaled(base_width or paper_width, 1.0 if kind == "sparse" else scale)
+    if kind in TOPK_KINDS:
+        check_layer_args(n_experts, gate, top_k, balancing)
+        model = build([width], num_classes, lambda c_in, c_out, stride: nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False))
+        return insert(model, model.moe_targets(kind, placement), n_experts, gate, top_k, balancing)
 
     def make_conv(c_in: int, c_out: int, stride: int) -> nn.Module:
         if kind == "moe":
@@ -78,11 +88,12 @@ def create_model(backbone: str, kind: str, scale: float = 1.0, n_experts: int = 
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered '<backbone>-<kind>' names matching a glob pattern."""
-    names = [f"{b}-{k}" for b in BACKBONES for k in KINDS]
+    names = [f"{b}-{k}" for b in BACKBONES for k in KINDS + TOPK_KINDS]
     return [n for n in names if fnmatch.fnmatch(n, pattern)]
 
 
-__all__ = ["create_model", "list_models", "check_model_args", "BACKBONES", "KINDS", "ROUTERS", "MoEConv2d",
+__all__ = ["create_model", "list_models", "check_model_args", "BACKBONES", "KINDS", "TOPK_KINDS", "ROUTERS",
+           "GATES", "BALANCING", "TopKMoE", "balancing_losses", "MoEConv2d",
            "Router", "SharedRouter", "RoutedNet", "Routes", "record_routing", "dense_reference", "soft_routing",
            "fixed_routing", "forced_expert", "moe_layers",
            "router_parameters", "backbone_parameters", "compact", "init_scores_from_weights", "mask_parameters",

@@ -60,22 +60,32 @@ class SharedRouter(nn.Module):
         return self.fc(global_average_pool(self.features(x)))
 
 
-class MoEConv2d(nn.Module):
+class MoELayer(nn.Module):
+    """What every MoE layer shares, whatever its experts (this file's MoE conv, or the top-k layer of
+    `advmoe.models.topk`): its number of experts, the routing mode the context managers below set ("sparse", or
+    "dense-reference", "soft", "fixed": see the module docstring), the fixed choice, and the routing record."""
+
+    def __init__(self, n_experts: int):
+        super().__init__()
+        self.n_experts = n_experts
+        self.mode = "sparse"
+        self.fixed_choice: torch.Tensor | int | None = None
+        self.record: list[torch.Tensor] | None = None
+
+
+class MoEConv2d(MoELayer):
     """A conv layer of N experts with top-1 routing (no bias; a BatchNorm follows it)."""
 
     def __init__(self, in_channels: int, out_channels: int, n_experts: int, kernel_size: int = 3,
                  stride: int = 1, padding: int = 1, router: bool = True):
-        super().__init__()
-        self.in_channels, self.out_channels, self.n_experts = in_channels, out_channels, n_experts
+        super().__init__(n_experts)
+        self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.weight = nn.Parameter(torch.empty(n_experts * out_channels, in_channels, kernel_size, kernel_size))
         for w in self.weight.split(out_channels):  # each expert initialised like its own nn.Conv2d
             nn.init.kaiming_uniform_(w, a=math.sqrt(5))
         self.router = Router(in_channels, n_experts) if router else None
         self.shared_logits: torch.Tensor | None = None  # set by RoutedNet when the router is shared
-        self.mode = "sparse"  # or "dense-reference", "soft", "fixed" (see the module docstring)
-        self.fixed_choice: torch.Tensor | None = None
-        self.record: list[torch.Tensor] | None = None
 
     def expert_weight(self, e: int) -> torch.Tensor:
         return self.weight[e * self.out_channels:(e + 1) * self.out_channels]
@@ -214,8 +224,8 @@ class RoutedNet(nn.Module):
         raise NotImplementedError
 
 
-def moe_layers(model: nn.Module) -> dict[str, MoEConv2d]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, MoEConv2d)}
+def moe_layers(model: nn.Module) -> dict[str, MoELayer]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, MoELayer)}
 
 
 def is_router_parameter(name: str) -> bool:

@@ -58,6 +58,22 @@ class ResNet18(RoutedNet):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.layers(self.stem(x)).mean((2, 3)))
 
+    def moe_targets(self, kind: str, placement: str) -> list[str]:
+        """The submodules a Robust Experts MoE replaces, placed by torchvision's stage names (layer1..layer4, the
+        paper's conv2_x..conv5_x): "block-moe" replaces every BasicBlock of a stage ("layer4") or one ("layer4.1");
+        "conv-moe" every conv of a stage, the 1x1 shortcut conv of its first block included, as the authors' code
+        does (5 MoE convs in layer4, where their notebook says 4)."""
+        stages = {f"layer{i + 1}": stage for i, stage in enumerate(self.layers)}
+        stage, _, block = placement.partition(".") if isinstance(placement, str) else ("", "", "")
+        allowed = [*stages] + ([f"{s}.{j}" for s, blocks in stages.items() for j in range(len(blocks))]
+                               if kind == "block-moe" else [])
+        if placement not in allowed:
+            raise ValueError(f"unknown placement {placement!r} for {kind}; allowed: {', '.join(allowed)}")
+        found = stages[stage][int(block)] if block else stages[stage]
+        wanted = BasicBlock if kind == "block-moe" else nn.Conv2d
+        prefix = next(n for n, m in self.named_modules() if m is found)
+        return [n for n, m in self.named_modules() if isinstance(m, wanted) and (n == prefix or n.startswith(prefix + "."))]
+
 
 def resnet18(widths: list[int], num_classes: int, make_conv: MakeConv, make_norm: MakeNorm = batch_norm) -> ResNet18:
     base = widths[0]
