@@ -45,7 +45,8 @@ def frozen_eval(model: nn.Module):
 
 
 def pgd_iterates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
-                  loss: str = "ce", random_start: bool = True, generator: torch.Generator | None = None):
+                  loss: str = "ce", random_start: bool = True, generator: torch.Generator | None = None,
+                  last_iterate: bool = False):
     """Yield PGD's answer after each of `steps` steps (see `pgd`): PGD-k is exactly the k-th answer.
 
     With loss="ce" (evaluation) an example keeps the first iterate that fooled the model: sign steps of a
@@ -53,7 +54,8 @@ def pgd_iterates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
     misclassified after step 3 was classified correctly after step 4), so reporting the last iterate would
     let robust accuracy rise with more steps. Which iterates fooled the model is read off the forward pass
     each step needs anyway, so this costs nothing; robust accuracy is non-increasing in the steps.
-    With loss="kl" (TRADES training) the answer is the last iterate, as in TRADES.
+    With loss="kl" (TRADES training), or with last_iterate=True (PGD adversarial training with CE, Madry et al.), the
+    answer is the last iterate.
     """
     check_attack(eps, step_size, steps, loss)
     with frozen_eval(model):
@@ -67,12 +69,13 @@ def pgd_iterates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
         x_adv = (x + delta).clamp_(0, 1)
         fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         kept = x_adv.clone()
+        keep_first = loss == "ce" and not last_iterate
         if steps == 0:
             yield x_adv
         for _ in range(steps):
             x_adv.requires_grad_(True)
             logits = model(x_adv)
-            if loss == "ce":  # the iterate this forward pass saw: keep it for the examples it fools first
+            if keep_first:  # the iterate this forward pass saw: keep it for the examples it fools first
                 newly = (logits.detach().argmax(1) != y) & ~fooled
                 kept[newly], fooled = x_adv.detach()[newly], fooled | newly
             objective = (F.cross_entropy(logits, y, reduction="sum") if loss == "ce"
@@ -80,11 +83,12 @@ def pgd_iterates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
             grad, = torch.autograd.grad(objective, x_adv)
             x_adv = x_adv.detach() + step_size * grad.sign()
             x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0, 1)
-            yield torch.where(fooled.view(-1, *[1] * (x.dim() - 1)), kept, x_adv) if loss == "ce" else x_adv
+            yield torch.where(fooled.view(-1, *[1] * (x.dim() - 1)), kept, x_adv) if keep_first else x_adv
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
-        loss: str = "ce", random_start: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+        loss: str = "ce", random_start: bool = True, generator: torch.Generator | None = None,
+        last_iterate: bool = False) -> torch.Tensor:
     """Projected gradient ascent (Madry et al.) in the L-inf ball of radius eps around x, inside [0, 1].
 
     loss="ce": cross-entropy with the labels (evaluation, the paper's RA; an example counts as broken if any
@@ -93,7 +97,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_siz
     in eval mode; the gradient through MoE routing (straight-through gate) reaches the input, so the
     router is attacked too. The model's train/eval state and requires_grad flags are restored.
     """
-    for x_adv in pgd_iterates(model, x, y, eps, step_size, steps, loss, random_start, generator):
+    for x_adv in pgd_iterates(model, x, y, eps, step_size, steps, loss, random_start, generator, last_iterate):
         pass
     return x_adv.detach()
 

@@ -18,7 +18,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from .experiments import make_spec
+from .experiments import make_spec, model_for
 from .io import atomic_write_json
 from .models import Router, SharedRouter, create_model, dense_reference
 from .train import iteration, make_optimizers
@@ -244,8 +244,7 @@ def iteration_seconds(specs: list, repeats: int = 3, progress: bool = True) -> d
         if key in fns:
             continue
         torch.manual_seed(0)
-        model = mixed_routing(create_model(spec.backbone, spec.kind, spec.scale, spec.n_experts, spec.num_classes,
-                                           spec.router, spec.base_width))
+        model = mixed_routing(model_for(spec))
         x, y = torch.rand(spec.batch_size, 3, 32, 32), torch.randint(0, spec.num_classes, (spec.batch_size,))
         fns[key] = lambda m=model, o=make_optimizers(model, spec), s=spec, b=(x, y): iteration(m, o, b, b, s)
     with tqdm(total=repeats + 1, desc=f"timing {len(fns)} training configurations (rounds)", disable=not progress) as bar:

@@ -24,7 +24,7 @@ from . import numerics
 from .attacks import check_attack
 from .evaluate import evaluate
 from .io import atomic_write_json, file_sha256, read_json, state_sha256
-from .models import check_model_args, compact, create_model
+from .models import KINDS, TOPK_KINDS, check_model_args, compact, create_model
 from .train import METHODS, PARTIAL, start_from, train, trajectory_settings
 
 PRESETS = ("smoke", "cpu", "paper")
@@ -35,6 +35,10 @@ TABLE1 = (  # (label, kind, method, scale): the paper's Table 1 rows for one (da
     ("AT (MoE)", "moe", "at", 0.5),
     ("AdvMoE", "moe", "advmoe", 0.5),
 )
+HASH_DEFAULTS = dict(placement="layer4", gate="gap-fc", top_k=1, balancing="entropy", balancing_coef=0.5,
+                     schedule="cosine")  # fields added after results were stored, left out of the hash at these values
+SCHEDULES = ("cosine", "poly")
+TOPK_METHODS = ("standard", "pgd-at")  # what trains a Robust Experts model
 SUBSET_SEED = 0  # train/test subsets are the same for every seed and method: only training randomness varies
 # What a chained experiment shares with its parent (the architecture and the data it was trained on).
 CHAIN_FIELDS = ("preset", "dataset", "backbone", "kind", "scale", "n_experts", "router", "base_width", "train_subset",
@@ -69,15 +73,34 @@ class ExperimentSpec:
     test_subset: int | None = None
     seed: int = 0
     parent: "ExperimentSpec | None" = None  # training starts from this experiment's trained weights (a chain)
+    # Robust Experts' models (kinds block-moe, conv-moe: `advmoe.models.topk`): where the MoE sits, its gate, k, the
+    # balancing loss and its weight (0.5 in all the authors' ResNet-18 runs); and the learning-rate schedule. Added
+    # after results were stored: at these values they stay out of the hash (`HASH_DEFAULTS`), so every earlier spec
+    # keeps its hash and its stored result. Never change these defaults.
+    placement: str = "layer4"
+    gate: str = "gap-fc"
+    top_k: int = 1
+    balancing: str = "entropy"
+    balancing_coef: float = 0.5
+    schedule: str = "cosine"  # or "poly": lr x (1 - epoch / epochs)^0.9, per epoch (the Robust Experts code)
 
     def __post_init__(self):
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; allowed: {', '.join(PRESETS)}")
         datalib.check_dataset(self.dataset)
         check_model_args(self.backbone, self.kind, self.scale, self.n_experts, self.router,
-                         base_width=self.base_width)
+                         base_width=self.base_width, kinds=KINDS + TOPK_KINDS)
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; allowed: {', '.join(METHODS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
+        if self.kind in TOPK_KINDS:
+            if self.method not in TOPK_METHODS:
+                raise ValueError(f"kind {self.kind!r} is trained by {' or '.join(TOPK_METHODS)}, not {self.method!r}")
+            if not isinstance(self.balancing_coef, (int, float)) or self.balancing_coef < 0:
+                raise ValueError(f"balancing_coef must be a number >= 0, got {self.balancing_coef!r}")
+            create_model(self.backbone, self.kind, self.scale, self.n_experts, 10, self.router, 1, self.placement,
+                         self.gate, self.top_k, self.balancing)  # gate, k, loss and placement, checked on a tiny model
         if self.method == "advmoe" and self.kind != "moe":
             raise ValueError(f"method 'advmoe' trains routers and experts of kind 'moe', not {self.kind!r}")
         if self.kind == "moe" and self.n_experts < 2 and self.method == "advmoe":
@@ -132,13 +155,16 @@ class ExperimentSpec:
     def name(self) -> str:
         router = "-shared" if self.kind == "moe" and self.router == "shared" else ""
         experts = f"-n{self.n_experts}" if self.kind == "moe" else ""
+        if self.kind in TOPK_KINDS:
+            experts = f"-n{self.n_experts}-{self.placement}-{self.gate}-k{self.top_k}-{self.balancing}"
         chain = f"-from-{self.parent.method}" if self.parent is not None else ""
         return (f"{self.dataset}-{self.backbone}-{self.kind}{experts}{router}-r{self.scale:g}-{self.method}{chain}"
                 f"-s{self.seed}")
 
     @property
     def hash(self) -> str:
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "parent"}
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "parent"
+                  and not (f.name in HASH_DEFAULTS and getattr(self, f.name) == HASH_DEFAULTS[f.name])}
         if self.parent is not None:  # a spec without a parent keeps the hash it had before chains existed
             fields["parent"] = self.parent.hash
         blob = json.dumps(fields, sort_keys=True)
@@ -154,6 +180,12 @@ class ExperimentSpec:
     def with_seed(self, seed: int) -> "ExperimentSpec":
         """The same experiment, chain included, trained with another seed."""
         return self.replace(seed=seed, parent=None if self.parent is None else self.parent.with_seed(seed))
+
+
+def model_for(spec: ExperimentSpec):
+    """The untrained model a spec describes (initialised from the global RNG: seed it first)."""
+    return create_model(spec.backbone, spec.kind, spec.scale, spec.n_experts, spec.num_classes, spec.router,
+                        spec.base_width, spec.placement, spec.gate, spec.top_k, spec.balancing)
 
 
 def preset_settings(preset: str) -> dict:
@@ -341,8 +373,7 @@ def run(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, pro
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         torch.manual_seed(spec.seed)
-        model = create_model(spec.backbone, spec.kind, spec.scale, spec.n_experts, spec.num_classes, spec.router,
-                             spec.base_width).to(dev)
+        model = model_for(spec).to(dev)
         if parent is not None:
             start_from(model, parent, spec)
         for pattern in (*EVALUATIONS, ".*.tmp"):  # evaluations of an earlier model; temp files of a killed write
@@ -420,8 +451,7 @@ def load_model(spec: ExperimentSpec, root: Path | None = None, device: str = "cp
     if state is None or state["epoch"] < spec.epochs:
         raise FileNotFoundError(f"no finished checkpoint for {spec.name} in {path.parent}; "
                                 f"train it with: advmoe run --preset {spec.preset}")
-    model = create_model(spec.backbone, spec.kind, spec.scale, spec.n_experts, spec.num_classes, spec.router,
-                         spec.base_width)
+    model = model_for(spec)
     model.load_state_dict(state["model"])
     return model.to(resolve_device(device)).eval()
 

@@ -18,6 +18,12 @@ is written once:
                   from its weights.
   hydra-finetune  AT (Sparse), stage 2: TRADES on the weights, the mask fixed: on the compact network (the kept
                   channels, kind s-dense), which computes the same. Starts from a hydra-mask parent.
+  pgd-at    PGD adversarial training as Robust Experts does it (Madry et al.): cross-entropy on the last iterate of a
+            K-step PGD-CE attack with random start, adversarial examples only. The attack runs in eval mode, as every
+            attack in this book (the authors' ran in train mode: batch statistics, and the noisy gate of the switch
+            loss); the update in train mode.
+A Robust Experts model (kinds block-moe, conv-moe) adds its balancing loss, times `balancing_coef`, summed over its
+MoE layers on the step's training-mode forward (`advmoe.models.balancing_losses`), to standard and pgd-at steps.
 """
 from __future__ import annotations
 
@@ -36,9 +42,10 @@ from .attacks import pgd
 from .evaluate import accuracy, robust_accuracy
 from .io import atomic_torch_save, load_checkpoint
 from .losses import trades_loss
-from .models import backbone_parameters, init_scores_from_weights, mask_stage_parameters, router_parameters
+from .models import (backbone_parameters, balancing_losses, init_scores_from_weights, mask_stage_parameters,
+                     router_parameters)
 
-METHODS = ("standard", "at", "advmoe", "at-routers", "at-backbone", "hydra-mask", "hydra-finetune")
+METHODS = ("standard", "at", "advmoe", "at-routers", "at-backbone", "hydra-mask", "hydra-finetune", "pgd-at")
 PARTIAL = {"at-routers": router_parameters, "at-backbone": backbone_parameters,  # method -> what it trains
            "hydra-mask": mask_stage_parameters}
 
@@ -91,13 +98,24 @@ def trades_step(model, params, optimizer, x, y, spec, fixed_statistics: bool = F
 
 
 def standard_step(model, params, optimizer, x, y, spec) -> tuple[float, float]:
+    """Cross-entropy on x (clean data, or pgd-at's adversarial examples), plus a Robust Experts model's balancing
+    loss; returns (loss, accuracy on x)."""
     with only_training(model, params):
         logits = model(x)
         loss = F.cross_entropy(logits, y)
+        balancing = balancing_losses(model)  # None for every model without a top-k MoE layer
+        if balancing is not None:
+            loss = loss + spec.balancing_coef * balancing
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     return loss.item(), (logits.argmax(1) == y).float().mean().item()
+
+
+def pgd_at_step(model, params, optimizer, x, y, spec) -> tuple[float, float]:
+    """Madry's PGD-AT: a step on the last iterate of a PGD-CE attack; the accuracy returned is on those examples."""
+    x_adv = pgd(model, x, y, spec.train_eps, spec.train_step_size, spec.train_steps, loss="ce", last_iterate=True)
+    return standard_step(model, params, optimizer, x_adv, y, spec)
 
 
 def iteration(model, optimizers, batch, other_batch, spec) -> tuple[float, float]:
@@ -105,6 +123,8 @@ def iteration(model, optimizers, batch, other_batch, spec) -> tuple[float, float
     x, y = batch
     if spec.method == "standard":
         return standard_step(model, list(model.parameters()), optimizers["all"], x, y, spec)
+    if spec.method == "pgd-at":
+        return pgd_at_step(model, list(model.parameters()), optimizers["all"], x, y, spec)
     if spec.method in ("at", "hydra-finetune"):
         return trades_step(model, list(model.parameters()), optimizers["all"], x, y, spec)
     if spec.method in PARTIAL:
@@ -132,6 +152,19 @@ def cosine(total_iterations: int):
     return lambda it: 0.5 * (1 + math.cos(math.pi * min(it, total_iterations) / total_iterations))
 
 
+def poly(epochs: int, iterations_per_epoch: int, power: float = 0.9):
+    """Robust Experts' PolyLR: lr x (1 - epoch / epochs)^0.9, constant within an epoch (their code steps it per
+    epoch; its warm-up quirk, epoch 0 at 1% of the lr, is not copied)."""
+    return lambda it: (1 - min(it // iterations_per_epoch, epochs) / epochs) ** power
+
+
+def schedule(spec, iterations_per_epoch: int):
+    """The learning-rate factor per iteration of a spec's schedule."""
+    if spec.schedule == "poly":
+        return poly(spec.epochs, iterations_per_epoch)
+    return cosine(spec.epochs * iterations_per_epoch)
+
+
 def trajectory_settings(preset: str) -> tuple[int, int]:
     """(test images, PGD steps) of the robust accuracy tracked after every epoch (Fig. A2). cpu: PGD-10 on 200
     images, about a tenth of an epoch's training time."""
@@ -151,7 +184,7 @@ def train(spec, model: nn.Module, train_data: datalib.ImageData, test_data: data
     """
     n_iter = len(train_data) // spec.batch_size
     optimizers = make_optimizers(model, spec)
-    schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, cosine(spec.epochs * n_iter)) for k, o in optimizers.items()}
+    schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, schedule(spec, n_iter)) for k, o in optimizers.items()}
     generator = torch.Generator().manual_seed(spec.seed)
     history: list[dict] = []
     start = 0

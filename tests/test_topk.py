@@ -201,13 +201,6 @@ def test_bad_arguments_fail_in_one_line_naming_what_is_allowed(kw, needle):
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
-def test_an_experiment_spec_does_not_take_the_new_kinds_yet():
-    from advmoe import experiments as ex
-
-    with pytest.raises(ValueError, match="unknown kind 'block-moe'; allowed: dense, s-dense, moe, sparse"):
-        ex.make_spec("smoke", "block-moe", "at", 1.0)
-
-
 def test_flops_count_the_gate_and_k_experts_of_the_executed_pathway():
     dense = gflops(create_model("resnet18", "s-dense", 1.0, base_width=16))
     one = gflops(create_model("resnet18", "block-moe", n_experts=4, base_width=16, placement="layer4"))

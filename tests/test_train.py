@@ -183,3 +183,97 @@ def test_tracking_robust_accuracy_every_epoch_leaves_the_weights_unchanged(tiny_
     assert [h["tracked"] for h in h_tracked] == [{"n": 8, "steps": 2}] * 2
     assert all(0 <= h["test_ra_tracked"] <= 1 for h in h_tracked)
     assert [h["train_loss"] for h in h_plain] == [h["train_loss"] for h in h_tracked]
+
+
+def _topk_spec(method="pgd-at", **kw):
+    return ex.make_spec("smoke", "block-moe", method, 1.0, **{"dataset": "cifar10", "n_experts": 4,
+                                                              "placement": "layer4.1", "lr": 0.05,
+                                                              "balancing": "switch", **kw})
+
+
+@pytest.mark.parametrize("kind", ["dense", "block-moe", "conv-moe"])
+def test_pgd_at_step_lowers_the_loss_on_its_adversarial_examples(kind):
+    spec = _topk_spec(placement="layer4") if kind != "dense" else ex.make_spec("smoke", "dense", "pgd-at", 1.0,
+                                                                                dataset="cifar10", lr=0.05)
+    spec = spec.replace(kind=kind) if kind == "conv-moe" else spec
+    torch.manual_seed(0)
+    model = ex.model_for(spec.replace(base_width=8))
+    optimizers = make_optimizers(model, spec)
+    x, y = _batch(0)
+    torch.manual_seed(1)
+    x_adv = pgd(model, x, y, spec.train_eps, spec.train_step_size, spec.train_steps, last_iterate=True)
+
+    def loss():
+        model.eval()
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(model(x_adv), y).item()
+
+    before = loss()
+    for _ in range(3):
+        iteration(model, optimizers, (x, y), None, spec)
+    assert loss() < before
+
+
+def test_the_balancing_loss_reaches_the_gates_and_only_robust_experts_models():
+    x, y = _batch(0)
+    gates = {}
+    for coef in (0.0, 0.5):
+        spec = _topk_spec(balancing_coef=coef, method="standard")
+        torch.manual_seed(0)
+        model = ex.model_for(spec.replace(base_width=8))
+        iteration(model, make_optimizers(model, spec), (x, y), None, spec)
+        gates[coef] = model.layers[3][1].router.fc.weight.detach().clone()
+    assert not torch.equal(gates[0.0], gates[0.5])
+    # the same step on an AdvMoE model is what it was: no balancing term (`balancing_losses` is None)
+    from advmoe.models import balancing_losses
+    moe = create_model("resnet18", "moe", 0.5, base_width=8)
+    moe.train()
+    moe(x)
+    assert balancing_losses(moe) is None
+
+
+def test_poly_schedule_is_constant_within_an_epoch_and_decays_with_power_0_9():
+    from advmoe.train import schedule
+    f = schedule(_topk_spec(schedule="poly", epochs=4), iterations_per_epoch=5)
+    assert [f(i) for i in range(5)] == [1.0] * 5
+    assert f(5) == pytest.approx(0.75 ** 0.9) and f(19) == pytest.approx(0.25 ** 0.9) and f(20) == 0.0
+    assert schedule(_topk_spec(), 5)(10) < 1  # cosine by default
+
+
+def test_the_new_spec_fields_keep_every_stored_hash():
+    """Fields added for Robust Experts stay out of the hash at their defaults: every stored result's spec, read back
+    from its metrics.json, hashes to the name of its folder."""
+    from advmoe.data import REPO
+
+    def rebuild(d):
+        return ex.ExperimentSpec(**{**d, "parent": rebuild(d["parent"]) if d.get("parent") else None})
+
+    stored = sorted((REPO / "results" / "cpu").glob("*/metrics.json"))
+    assert len(stored) > 50
+    for path in stored:
+        spec = rebuild(json.loads(path.read_text())["spec"])
+        assert path.parent.name.endswith("-" + spec.hash) and path.parent.name == f"{spec.name}-{spec.hash}", path
+    changed = _topk_spec(balancing_coef=0.25)
+    assert changed.hash != _topk_spec().hash and _topk_spec(gate="conv-gap").hash != _topk_spec().hash
+
+
+@pytest.mark.parametrize("kw, needle", [
+    (dict(method="at"), "kind 'block-moe' is trained by standard or pgd-at, not 'at'"),
+    (dict(placement="layer9"), "unknown placement 'layer9' for block-moe"),
+    (dict(top_k=5), "top_k must be an integer in [1, n_experts = 4]"),
+    (dict(schedule="step"), "unknown schedule 'step'; allowed: cosine, poly"),
+    (dict(balancing_coef=-1), "balancing_coef must be a number >= 0"),
+])
+def test_a_robust_experts_spec_with_bad_fields_fails_in_one_line(kw, needle):
+    with pytest.raises(ValueError) as e:
+        _topk_spec(**kw)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_robust_experts_model_trains_stores_and_reloads(tiny_data):
+    spec = _topk_spec(epochs=2, train_subset=64, batch_size=16, test_subset=16, eval_steps=2, train_steps=2,
+                      schedule="poly", base_width=8)
+    m = ex.get(spec, progress=False)
+    assert [h["lr"] for h in m["history"]] == pytest.approx([spec.lr * 0.5 ** 0.9, 0.0])
+    model = ex.trained_model(spec)
+    assert ex.state_sha256(model.state_dict()) == m["model_sha256"]

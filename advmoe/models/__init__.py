@@ -19,7 +19,7 @@ from .sparse import (compact, init_scores_from_weights, mask_factory, mask_param
                      weight_parameters)
 
 BACKBONES = {"resnet18": (resnet18, 64)}  # name -> (constructor, paper base width)
-KINDS = ("dense", "s-dense", "moe", "sparse")  # AdvMoE's models (what an ExperimentSpec trains)
+KINDS = ("dense", "s-dense", "moe", "sparse")  # AdvMoE's models
 TOPK_KINDS = ("block-moe", "conv-moe")  # Robust Experts' models (`advmoe.models.topk`)
 ROUTERS = ("per-layer", "shared")
 
