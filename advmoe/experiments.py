@@ -402,7 +402,7 @@ def run(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, pro
 
 
 EVALUATIONS = ("eps-sweep-*.json", "autoattack-*.json", "audit-*.json", "worst-case-*.json", "dissection-*.json",
-               "mask-channels.json")  # stored beside metrics.json
+               "mask-channels.json", "robust-experts-*.json")  # stored beside metrics.json
 
 
 def read_evaluation(path: Path, spec: ExperimentSpec, root: Path | None = None) -> dict | None:

@@ -10,7 +10,10 @@ still robust after the ones before it (as AutoAttack itself does):
   soft-apgd-ce   APGD-CE and APGD-T crafted on the soft-routing surrogate (every expert, weighted by its
   soft-apgd-t    router probability: a smooth path to the routing decision), then run on the real model
   expert-<e>     every sample forced to expert e in every MoE layer (the Robust Experts paper's per-expert
-                 evaluation): APGD-CE crafted on that fixed pathway, then run on the real model
+                 evaluation): APGD-CE crafted on that fixed pathway, then run on the real model. A model with
+                 Robust Experts' top-k layers (`advmoe.models.topk`: a few MoE layers, each with its own gate)
+                 gets one such attack per layer and expert instead, `expert-<e>@<layer>`: the other layers route as
+                 usual, so every gate is attacked through each of its experts
 
 Gradient masking by routing shows as attacks after `pgd` breaking examples that PGD left standing; the
 result stores how many each attack adds, so a page can say which attack made the difference.
@@ -27,7 +30,7 @@ from . import data as datalib
 from . import experiments as ex
 from .attacks import check_attack, frozen_eval
 from .io import bits, from_bits
-from .models import forced_expert, moe_layers, soft_routing
+from .models import TopKMoE, forced_expert, moe_layers, soft_routing
 
 APGD_ITERATIONS = 100  # AutoAttack's own setting
 SOFT_TARGETS = 3  # APGD-T on the surrogate: the 3 most likely wrong classes (AutoAttack uses 9 on the model)
@@ -42,15 +45,16 @@ def _apgd(kind: str):
 
 
 def apgd(model, x: torch.Tensor, y: torch.Tensor, eps: float, loss: str = "ce", targets: int = 0,
-         seed: int = 0) -> torch.Tensor:
-    """Adversarial examples by the library's APGD (loss "ce" or "dlr"; targets > 0: APGD-T on that many classes)."""
-    check_attack(eps, 0.0, 0)
+         seed: int = 0, iterations: int = APGD_ITERATIONS) -> torch.Tensor:
+    """Adversarial examples by the library's APGD (loss "ce" or "dlr"; targets > 0: APGD-T on that many classes),
+    one restart, in eval mode. iterations: AutoAttack's 100, or e.g. the 20 of Robust Experts' "AutoPGD"."""
+    check_attack(eps, 0.0, iterations)
     with frozen_eval(model):
         if targets:
-            attack = _apgd("targeted")(model, n_iter=APGD_ITERATIONS, norm="Linf", n_restarts=1, eps=eps, seed=seed,
+            attack = _apgd("targeted")(model, n_iter=iterations, norm="Linf", n_restarts=1, eps=eps, seed=seed,
                                        n_target_classes=targets, device=x.device)
         else:
-            attack = _apgd("untargeted")(model, n_iter=APGD_ITERATIONS, norm="Linf", n_restarts=1, eps=eps,
+            attack = _apgd("untargeted")(model, n_iter=iterations, norm="Linf", n_restarts=1, eps=eps,
                                          seed=seed, loss=loss, device=x.device)
         return attack.perturb(x, y).detach()
 
@@ -62,8 +66,12 @@ def attacks(model) -> list[tuple[str, object, dict]]:
     if layers:
         out += [("soft-apgd-ce", lambda: soft_routing(model), dict(loss="ce")),
                 ("soft-apgd-t", lambda: soft_routing(model), dict(targets=SOFT_TARGETS))]
-        n = min(m.n_experts for m in layers.values())
-        out += [(f"expert-{e}", lambda e=e: forced_expert(model, e), dict(loss="ce")) for e in range(n)]
+        if any(isinstance(m, TopKMoE) for m in layers.values()):
+            out += [(f"expert-{e}@{name}", lambda e=e, name=name: forced_expert(model, e, name), dict(loss="ce"))
+                    for name, m in layers.items() for e in range(m.n_experts)]
+        else:
+            n = min(m.n_experts for m in layers.values())
+            out += [(f"expert-{e}", lambda e=e: forced_expert(model, e), dict(loss="ce")) for e in range(n)]
     return out
 
 

@@ -271,8 +271,9 @@ def record_routing(model: nn.Module):
 
 
 @contextlib.contextmanager
-def _routing_mode(model: nn.Module, mode: str, routes: dict[str, torch.Tensor] | int | None = None):
-    layers = moe_layers(model)
+def _routing_mode(model: nn.Module, mode: str, routes: dict[str, torch.Tensor] | int | None = None,
+                  only: str | None = None):
+    layers = {n: m for n, m in moe_layers(model).items() if only is None or n == only}
     for name, m in layers.items():
         m.mode = mode
         m.fixed_choice = routes if routes is None or isinstance(routes, int) else routes[name]
@@ -298,10 +299,14 @@ def fixed_routing(model: nn.Module, routes: dict[str, torch.Tensor]):
     return _routing_mode(model, "fixed", routes)
 
 
-def forced_expert(model: nn.Module, expert: int):
-    """Every sample goes to `expert` in every MoE layer: one fixed pathway (the per-expert evaluation of the
-    Robust Experts paper); the router still runs, so its parameters keep their place in the graph."""
-    n = {m.n_experts for m in moe_layers(model).values()}
+def forced_expert(model: nn.Module, expert: int, layer: str | None = None):
+    """Every sample goes to `expert` in every MoE layer, or in `layer` only (the others route as usual): one fixed
+    pathway (the per-expert evaluation of the Robust Experts paper); the router still runs, so its parameters keep
+    their place in the graph."""
+    layers = moe_layers(model)
+    if layer is not None and layer not in layers:
+        raise ValueError(f"unknown MoE layer {layer!r}; this model's: {', '.join(layers) or 'none'}")
+    n = {m.n_experts for name, m in layers.items() if layer is None or name == layer}
     if not isinstance(expert, int) or not n or not 0 <= expert < min(n):
         raise ValueError(f"expert must be an integer in [0, {min(n) if n else 0}), got {expert!r}")
-    return _routing_mode(model, "fixed", expert)
+    return _routing_mode(model, "fixed", expert, only=layer)

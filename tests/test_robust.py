@@ -1,0 +1,61 @@
+"""The Robust Experts chapter (advmoe.robust) at the smoke preset: its specs, and the evaluation every model gets."""
+import pytest
+
+from advmoe import experiments as ex
+from advmoe import robust
+from advmoe.io import from_bits
+from advmoe.worstcase import attacks
+
+
+def test_chapter_specs_and_the_paper_preset():
+    moe = robust.spec("cpu", "block-moe", placement="layer4.1", balancing="switch")
+    assert (moe.n_experts, moe.top_k, moe.train_steps, moe.schedule, moe.lr) == (4, 1, 7, "poly", 0.1)
+    dense = robust.spec("cpu", "dense")
+    assert dense.name == "cifar10-jpeg-resnet18-dense-r1-pgd-at-s0"  # no MoE fields in a baseline's name
+    paper = robust.spec("paper", "conv-moe", top_k=2)
+    assert (paper.dataset, paper.base_width, paper.epochs, paper.lr, paper.batch_size) == ("cifar100", 64, 200, 0.01, 640)
+    with pytest.raises(ValueError, match="dense, block-moe or conv-moe, not 'moe'"):
+        robust.spec("cpu", "moe")
+
+
+def test_collapse_measure():
+    assert robust.collapse([5, 5, 5, 5]) == {"largest_share": 0.25, "entropy_bits": 2.0, "max_bits": 2.0}
+    assert robust.collapse([20, 0, 0, 0])["entropy_bits"] == 0 and robust.collapse([20, 0, 0, 0])["largest_share"] == 1
+    assert 0 < robust.collapse([10, 5, 3, 2])["entropy_bits"] < 2
+
+
+def test_every_gate_is_attacked_through_each_of_its_experts():
+    model = ex.model_for(robust.spec("smoke", "block-moe", placement="layer4"))
+    names = [name for name, *_ in attacks(model)]
+    assert [n for n in names if n.startswith("expert-")] == [f"expert-{e}@layers.3.{b}" for b in (0, 1) for e in range(4)]
+
+
+def test_the_chapter_evaluation_of_a_trained_moe(smoke_results):
+    spec = robust.spec("smoke", "block-moe", placement="layer4.1", balancing="switch")
+    result = robust.evaluate(spec, progress=False)
+    n = result["n_test"]
+    assert 0 <= result["autopgd"]["ra"] <= 1 and len(from_bits(result["autopgd"]["correct"])) == n
+    assert list(result["forced"]) == ["layers.3.1"] and list(result["forced"]["layers.3.1"]) == ["0", "1", "2", "3"]
+    for e, r in result["forced"]["layers.3.1"].items():
+        assert 0 <= r["ra"] <= r["sa"] <= 1, e  # the attack never raises accuracy
+    usage = result["usage"]
+    assert set(usage) == {"clean", "adversarial", "training"}
+    assert sum(usage["clean"]["layers.3.1"]) == n and sum(usage["training"]["layers.3.1"]) == result["n_traffic"]
+    assert robust.evaluate(spec, progress=False) == result  # stored and reused
+    metrics = ex.load(spec)
+    assert metrics["spec"]["method"] == "pgd-at" and len(metrics["history"]) == spec.epochs
+
+
+def test_the_worst_case_runs_through_every_gate_of_a_top_k_model():
+    import torch
+
+    from advmoe.worstcase import worst_case
+
+    torch.manual_seed(0)
+    model = ex.model_for(robust.spec("smoke", "conv-moe", placement="layer4", top_k=2)).eval()
+    x, y = torch.rand(6, 3, 32, 32), torch.arange(6)
+    result = worst_case(model, x, y, 8 / 255, {"clean": torch.ones(6, dtype=torch.bool)})
+    experts = [k for k in result["order"] if k.startswith("expert-")]
+    assert len(experts) == 5 * 4 and "soft-apgd-ce" in result["order"]  # 5 gated convs x 4 experts
+    assert result["ra_after_each"][result["order"][-1]] == result["ra_worst"] <= 1
+    assert all(0 <= v <= 1 for v in result["expert_clean_accuracy"].values())
