@@ -229,9 +229,10 @@ def moe_cost(width: int = 16, batch: int = 256, train_batch: int = 128, rounds: 
 
 
 def config(spec) -> tuple:
-    """What one training iteration of `spec` costs depends on: model shape, method, attack steps, batch."""
+    """What one training iteration of `spec` costs depends on: model shape, method, attack steps, batch (and for a
+    Robust Experts model where its MoE sits, its gate and k)."""
     return (spec.backbone, spec.kind, spec.method, spec.scale, spec.n_experts, spec.base_width, spec.train_steps,
-            spec.batch_size)
+            spec.batch_size, spec.placement, spec.gate, spec.top_k)
 
 
 def iteration_seconds(specs: list, repeats: int = 3, progress: bool = True) -> dict[tuple, float]:

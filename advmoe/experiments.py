@@ -615,10 +615,13 @@ def get(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, rec
 
 
 def relative_cost(spec: ExperimentSpec) -> float:
-    """A rough training cost, to start the longest experiments first (measured: AdvMoE ~2x AT(MoE) ~1.4x AT(S-Dense))."""
+    """A rough training cost, to start the longest experiments first (measured: AdvMoE ~2x AT(MoE) ~1.4x AT(S-Dense);
+    PGD-7 AT of a dense, BlockMoE or ConvMoE ResNet-18 about the same, k = 2 ~1.2x)."""
     per_step = {"standard": 0.3, "at": 1.0, "advmoe": 2.0, "at-routers": 0.8, "at-backbone": 1.0, "hydra-mask": 0.8,
-                "hydra-finetune": 1.0}[spec.method]
-    return per_step * {"dense": 1.0, "s-dense": 0.5, "moe": 0.8, "sparse": 1.0}[spec.kind] * spec.epochs * (spec.train_subset or 50_000)
+                "hydra-finetune": 1.0, "pgd-at": 2.5}[spec.method]
+    kind = {"dense": 1.0, "s-dense": 0.5, "moe": 0.8, "sparse": 1.0, "block-moe": 1.0, "conv-moe": 1.0}[spec.kind]
+    topk = 1 + 0.2 * (spec.top_k - 1) if spec.kind in TOPK_KINDS else 1
+    return per_step * kind * topk * spec.epochs * (spec.train_subset or 50_000)
 
 
 def _interrupt(signum, frame):

@@ -152,3 +152,38 @@ def _usage(model, x: torch.Tensor, batch_size: int = 250) -> dict[str, list[int]
         for i in range(0, len(x), batch_size):
             model(x[i:i + batch_size])
     return routes.histogram()
+
+
+# The models the verdicts compare, each trained with every seed of the preset (cpu: 3), all with PGD-AT: the dense
+# baseline, and BlockMoEs with the authors' defaults (N = 4, GAP-FC gate, the code's entropy loss, k = 1) in one
+# block of conv5_x (layer4.1: the paper's single deep MoE layer), in the same block of conv4_x (layer3.1), with the
+# switch loss, and with k = 2.
+VERDICT_MODELS = {
+    "AT (Dense)": ("dense", {}),
+    "BlockMoE, layer4.1": ("block-moe", dict(placement="layer4.1")),
+    "BlockMoE, layer3.1": ("block-moe", dict(placement="layer3.1")),
+    "BlockMoE, layer4.1, switch": ("block-moe", dict(placement="layer4.1", balancing="switch")),
+    "BlockMoE, layer4.1, k = 2": ("block-moe", dict(placement="layer4.1", top_k=2)),
+}
+
+
+def plan(preset: str) -> list[ex.ExperimentSpec]:
+    """Every model this chapter's verdicts read, first seeds first (so a partial run covers every model once)."""
+    return [spec(preset, kind, seed=seed, **fields) for seed in ex.preset_seeds(preset)
+            for kind, fields in VERDICT_MODELS.values()]
+
+
+def unit(spec_: ex.ExperimentSpec, device: str = "cpu", root: Path | None = None, recompute: bool = False,
+         progress: bool = True, position: int = 0) -> dict:
+    """One model and every evaluation of it: training with PGD evaluation, AutoAttack and the worst case over every
+    attack (the book's headline), and this chapter's evaluation (`evaluate`)."""
+    from .worstcase import worst_case_eval
+
+    ex.get(spec_, device, root, recompute=recompute, progress=progress, position=position)
+    worst_case_eval(spec_, device, root, progress=progress)
+    return evaluate(spec_, device, root, progress=progress)
+
+
+def precompute(preset: str, device: str = "cpu", jobs: int = 1, progress: bool = True) -> None:
+    """Train and evaluate every model of `plan` that is not stored yet, `jobs` at a time."""
+    ex.get_many(plan(preset), device, progress=progress, jobs=jobs, task=unit)

@@ -59,3 +59,12 @@ def test_the_worst_case_runs_through_every_gate_of_a_top_k_model():
     assert len(experts) == 5 * 4 and "soft-apgd-ce" in result["order"]  # 5 gated convs x 4 experts
     assert result["ra_after_each"][result["order"][-1]] == result["ra_worst"] <= 1
     assert all(0 <= v <= 1 for v in result["expert_clean_accuracy"].values())
+
+
+def test_a_unit_stores_the_model_and_every_evaluation_of_it(smoke_results):
+    spec = robust.spec("smoke", "block-moe", placement="layer4.1", top_k=2, seed=1)
+    robust.unit(spec, progress=False)
+    stored = sorted(p.name.split("-")[0] for p in ex.result_dir(spec).glob("*.json"))
+    assert stored == ["autoattack", "metrics.json", "robust", "worst"]
+    assert len(robust.plan("cpu")) == 3 * len(robust.VERDICT_MODELS)
+    assert [s.seed for s in robust.plan("cpu")[:len(robust.VERDICT_MODELS)]] == [0] * len(robust.VERDICT_MODELS)
