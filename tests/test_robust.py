@@ -68,3 +68,21 @@ def test_a_unit_stores_the_model_and_every_evaluation_of_it(smoke_results):
     assert stored == ["autoattack", "metrics.json", "robust", "worst"]
     assert len(robust.plan("cpu")) == 3 * len(robust.VERDICT_MODELS)
     assert [s.seed for s in robust.plan("cpu")[:len(robust.VERDICT_MODELS)]] == [0] * len(robust.VERDICT_MODELS)
+
+
+
+def test_records_tables_and_verdicts_at_the_smoke_preset(smoke_results):
+    records = robust.records("smoke")
+    assert len(records) == len(robust.VERDICT_MODELS) * 2  # smoke: 2 seeds
+    table = robust.summary(records)
+    assert list(table.model) == list(robust.VERDICT_MODELS) and (table.seeds == 2).all()
+    assert table["RA-PGD %"][0].endswith("(16.9)")  # the authors' AT baseline beside ours
+    experts = robust.experts(records)
+    assert len(experts) == 4 * 2 * 4  # 4 MoE models x 2 seeds x 4 experts
+    assert experts.groupby(["model", "seed"]).traffic.sum().round(6).eq(100).all()
+    usage = robust.usage(records)
+    assert set(usage.traffic) == {"clean", "adversarial", "training"} and usage.largest_share.between(0.25, 1).all()
+    verdicts = robust.verdicts(records, "smoke")
+    assert [v.claim[:2] for v in verdicts] == ["R1", "R1", "R2", "R3", "R4", "R5", "R6"]
+    assert all(v.status in ("reproduced", "not reproduced", "inconclusive") for v in verdicts)
+    assert "2 seeds" in verdicts[0].detail and verdicts[0].also.startswith("RA worst case")
