@@ -24,22 +24,11 @@ import copy
 import torch
 from torch import nn
 
-from .moe import MoELayer, _StraightThrough, global_average_pool
+from .moe import MoELayer, Router, _StraightThrough, global_average_pool
 
 GATES = ("gap-fc", "conv-gap")
 BALANCING = ("entropy", "switch", "column-entropy", "none")  # the code's entropy, switch, the paper's printed one
 NOISE_STD = 0.1  # the authors' `epsilon`
-
-
-class GapFcGate(nn.Module):
-    """GAP-FC: global average pool -> linear -> softmax (the softmax is the layer's)."""
-
-    def __init__(self, in_channels: int, n_experts: int):
-        super().__init__()
-        self.fc = nn.Linear(in_channels, n_experts)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(global_average_pool(x))
 
 
 class ConvGapGate(nn.Module):
@@ -61,7 +50,8 @@ class TopKMoE(MoELayer):
         super().__init__(len(experts))
         check_layer_args(len(experts), gate, k, balancing)
         self.experts = nn.ModuleList(experts)
-        self.router = (GapFcGate if gate == "gap-fc" else ConvGapGate)(in_channels, len(experts))
+        # GAP-FC is AdvMoE's per-layer router (global average pool -> linear); the softmax is this layer's
+        self.router = (Router if gate == "gap-fc" else ConvGapGate)(in_channels, len(experts))
         self.gate, self.k, self.balancing = gate, k, balancing
         self.scores: torch.Tensor | None = None
 
