@@ -181,10 +181,32 @@ VERDICT_MODELS = {
 }
 
 
-def plan(preset: str) -> list[ex.ExperimentSpec]:
-    """Every model this chapter's verdicts read, first seeds first (so a partial run covers every model once)."""
-    return [spec(preset, kind, seed=seed, **fields) for seed in ex.preset_seeds(preset)
-            for kind, fields in VERDICT_MODELS.values()]
+# The rest of the grid, trained with the preset's first seed only and plotted, never decided on: the authors' T1
+# configurations on both conv5_x blocks (BlockMoE, and the ConvMoE of their best PGD row), the Conv-GAP gate, the
+# paper's printed loss (column entropy) and none, the 1st-block placements of T3, the configuration of their
+# fixed-expert figure (switch loss, Conv-GAP), and standard training (no robustness without AT, their claim 3).
+GRID_MODELS = {
+    "BlockMoE, layer4 (both blocks)": ("block-moe", dict(placement="layer4")),
+    "ConvMoE, layer4 (5 convs)": ("conv-moe", dict(placement="layer4")),
+    "BlockMoE, layer4.1, Conv-GAP": ("block-moe", dict(placement="layer4.1", gate="conv-gap")),
+    "BlockMoE, layer4.1, switch, Conv-GAP": ("block-moe", dict(placement="layer4.1", gate="conv-gap",
+                                                              balancing="switch")),
+    "BlockMoE, layer4.1, column entropy": ("block-moe", dict(placement="layer4.1", balancing="column-entropy")),
+    "BlockMoE, layer4.1, no balancing": ("block-moe", dict(placement="layer4.1", balancing="none")),
+    "BlockMoE, layer4.0": ("block-moe", dict(placement="layer4.0")),
+    "BlockMoE, layer3.0": ("block-moe", dict(placement="layer3.0")),
+    "Dense, standard training": ("dense", dict(method="standard")),
+    "BlockMoE, layer4.1, standard training": ("block-moe", dict(placement="layer4.1", method="standard")),
+}
+
+
+def plan(preset: str, grid: bool = False) -> list[ex.ExperimentSpec]:
+    """Every model this chapter's verdicts read, first seeds first (so a partial run covers every model once); with
+    `grid`, then the rest of the grid (`GRID_MODELS`, the preset's first seed)."""
+    verdict = [spec(preset, kind, seed=seed, **fields) for seed in ex.preset_seeds(preset)
+               for kind, fields in VERDICT_MODELS.values()]
+    return verdict + ([spec(preset, kind, seed=ex.preset_seeds(preset)[0], **fields)
+                       for kind, fields in GRID_MODELS.values()] if grid else [])
 
 
 def unit(spec_: ex.ExperimentSpec, device: str = "cpu", root: Path | None = None, recompute: bool = False,
@@ -203,21 +225,18 @@ def precompute(preset: str, device: str = "cpu", jobs: int = 1, progress: bool =
     ex.get_many(plan(preset), device, progress=progress, jobs=jobs, task=unit)
 
 
-# Where the authors ran a model like a verdict model (their notebook, CIFAR-100, ResNet-18, N = 4, one run each):
-# `robust_paper.value` keys. None: no run of theirs matches (their k grid is on both layer4 blocks, T1).
-PAPER_KEYS = {
-    "AT (Dense)": ("dense", "pgd-at"),
-    "BlockMoE, layer4.1": ("block-moe", "pgd-at", "layer4.1", "entropy", "gap-fc", 1),
-    "BlockMoE, layer3.1": ("block-moe", "pgd-at", "layer3.1", "entropy", "gap-fc", 1),
-    "BlockMoE, layer4.1, switch": ("block-moe", "pgd-at", "layer4.1", "switch", "gap-fc", 1),
-    "BlockMoE, layer4.1, k = 2": None,
-}
+def paper_of(spec_: ex.ExperimentSpec) -> tuple[float, float, float] | None:
+    """The authors' (clean, PGD-20, APGD-CE-20) in % for the configuration of a spec (their CIFAR-100 grids,
+    `robust_paper`), None where they ran none like it (e.g. k = 2 in one block: their k grid is on both blocks)."""
+    if spec_.kind == "dense":
+        return robust_paper.value("dense", spec_.method)
+    return robust_paper.value(spec_.kind, spec_.method, spec_.placement, spec_.balancing, spec_.gate, spec_.top_k)
 
 
 def paper(label: str) -> tuple[float, float, float] | None:
-    """The authors' (clean, PGD-20, APGD-CE-20) in % for a verdict model, None where they ran none like it."""
-    key = PAPER_KEYS[label]
-    return None if key is None else robust_paper.value(*key)
+    """`paper_of` a verdict model, by its label."""
+    kind, fields = VERDICT_MODELS[label]
+    return paper_of(spec("cpu", kind, **fields))
 
 
 def paper_k(k: int) -> tuple[float, float, float]:
@@ -225,14 +244,15 @@ def paper_k(k: int) -> tuple[float, float, float]:
     return robust_paper.value("block-moe", "pgd-at", "layer4", "entropy", "gap-fc", k)
 
 
-def records(preset: str, device: str = "cpu", recompute: bool = False, seeds: tuple[int, ...] | None = None) -> list[dict]:
-    """One record per verdict model and seed (the preset's, or `seeds`): its metrics, with RA-AA and the worst case
-    (`report.with_autoattack`) and the authors' AutoPGD (APGD-CE-20) added to its final metrics, and this chapter's
-    evaluation (`evaluate`). Missing units are computed."""
+def records(preset: str, device: str = "cpu", recompute: bool = False, seeds: tuple[int, ...] | None = None,
+            models: dict | None = None) -> list[dict]:
+    """One record per model (`VERDICT_MODELS`, or `models`) and seed (the preset's, or `seeds`): its metrics, with
+    RA-AA and the worst case (`report.with_autoattack`) and the authors' AutoPGD (APGD-CE-20) added to its final
+    metrics, and this chapter's evaluation (`evaluate`). Missing units are computed."""
     from .report import with_autoattack
 
     out = []
-    for label, (kind, fields) in VERDICT_MODELS.items():
+    for label, (kind, fields) in (VERDICT_MODELS if models is None else models).items():
         for seed in ex.preset_seeds(preset) if seeds is None else seeds:
             s = spec(preset, kind, seed=seed, **fields)
             unit(s, device, recompute=recompute, progress=False)
@@ -251,16 +271,16 @@ def _moe_layer(record: dict) -> str | None:
 
 
 def summary(records: list[dict]):
-    """One row per verdict model: SA, RA-PGD, AutoPGD (APGD-CE-20) and the worst case, ours (mean ± SD over seeds)
+    """One row per model of the records: SA, RA-PGD, AutoPGD (APGD-CE-20) and the worst case, ours (mean ± SD over seeds)
     with the authors' CIFAR-100 number in brackets (a reference for direction only: another dataset and scale)."""
     import pandas as pd
 
     from .report import _mean_std, beside
 
     rows = []
-    for label in VERDICT_MODELS:
+    for label in dict.fromkeys(r["label"] for r in records):
         done = [r["metrics"]["final"] for r in records if r["label"] == label]
-        paper_ = paper(label) or (None, None, None)
+        paper_ = paper_of(next(r["spec"] for r in records if r["label"] == label)) or (None, None, None)
         row = {"model": label, "seeds": len(done)}
         for name, key, p in (("SA %", "sa", paper_[0]), ("RA-PGD %", "ra", paper_[1]), ("AutoPGD %", "autopgd", paper_[2]),
                              ("RA worst case %", "ra_worst", None)):

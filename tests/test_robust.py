@@ -68,6 +68,11 @@ def test_a_unit_stores_the_model_and_every_evaluation_of_it(smoke_results):
     assert stored == ["autoattack", "metrics.json", "robust", "worst"]
     assert len(robust.plan("cpu")) == 3 * len(robust.VERDICT_MODELS)
     assert [s.seed for s in robust.plan("cpu")[:len(robust.VERDICT_MODELS)]] == [0] * len(robust.VERDICT_MODELS)
+    grid = robust.plan("cpu", grid=True)[len(robust.plan("cpu")):]
+    assert len(grid) == len(robust.GRID_MODELS) and {s.seed for s in grid} == {0}
+    assert len({s.hash for s in robust.plan("cpu", grid=True)}) == len(robust.plan("cpu", grid=True))  # no repeats
+    assert {s.method for s in grid} == {"pgd-at", "standard"}
+    assert robust.paper_of(grid[0]) == robust.paper_k(1)  # both layer4 blocks, L_ent, GAP-FC, k = 1: their T1 row
 
 
 
