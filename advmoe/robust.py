@@ -60,12 +60,12 @@ def describe(preset: str) -> str:
     cfg = settings(preset)
     s = cfg["spec"]
     images = lambda n, what: f"{n:,} {what} images" if n else f"every {what} image"
-    return (f"{preset} preset: ResNet-18 of width {s['base_width']} on {s['dataset']} ({images(s['train_subset'], 'training')}), "
-            f"{s['epochs']} epochs of PGD-{s['train_steps']} adversarial training (eps 8/255, step 2/255), N = "
-            f"{s['n_experts']} experts; evaluated on {images(s['test_subset'], 'test')} with PGD-{s['eval_steps']}, "
-            f"APGD-CE-{AUTOPGD_ITERATIONS}, and the worst case over every attack on {images(ex.autoattack_settings(preset)[1], 'test')} "
-            f"(the AutoAttack images); forced experts on "
-            f"{images(cfg['n_forced'], 'test')}.")
+    return (f"{preset} preset: ResNet-18 of width {s['base_width']} on {s['dataset']} "
+            f"({images(s['train_subset'], 'training')}), {s['epochs']} epochs of PGD-{s['train_steps']} adversarial "
+            f"training (eps 8/255, step 2/255), N = {s['n_experts']} experts; evaluated on "
+            f"{images(s['test_subset'], 'test')} with PGD-{s['eval_steps']}, APGD-CE-{AUTOPGD_ITERATIONS}, and the "
+            f"worst case over every attack on {images(ex.autoattack_settings(preset)[1], 'test')} (the AutoAttack "
+            f"images); forced experts on {images(cfg['n_forced'], 'test')}.")
 
 
 def spec(preset: str, kind: str, method: str = "pgd-at", seed: int = 0, **fields) -> ex.ExperimentSpec:
@@ -271,8 +271,8 @@ def _moe_layer(record: dict) -> str | None:
 
 
 def summary(records: list[dict]):
-    """One row per model of the records: SA, RA-PGD, AutoPGD (APGD-CE-20) and the worst case, ours (mean ± SD over seeds)
-    with the authors' CIFAR-100 number in brackets (a reference for direction only: another dataset and scale)."""
+    """One row per model of the records: SA, RA-PGD, AutoPGD (APGD-CE-20) and the worst case, ours (mean ± SD over
+    seeds) with the authors' CIFAR-100 number in brackets (a reference for direction only: another dataset, scale)."""
     import pandas as pd
 
     from .report import _mean_std, beside
@@ -282,8 +282,8 @@ def summary(records: list[dict]):
         done = [r["metrics"]["final"] for r in records if r["label"] == label]
         paper_ = paper_of(next(r["spec"] for r in records if r["label"] == label)) or (None, None, None)
         row = {"model": label, "seeds": len(done)}
-        for name, key, p in (("SA %", "sa", paper_[0]), ("RA-PGD %", "ra", paper_[1]), ("AutoPGD %", "autopgd", paper_[2]),
-                             ("RA worst case %", "ra_worst", None)):
+        for name, key, p in (("SA %", "sa", paper_[0]), ("RA-PGD %", "ra", paper_[1]),
+                             ("AutoPGD %", "autopgd", paper_[2]), ("RA worst case %", "ra_worst", None)):
             row[name] = beside(*_mean_std([100 * f[key] for f in done]), p) if done else "-"
         rows.append(row)
     return pd.DataFrame(rows)
