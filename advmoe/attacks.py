@@ -102,6 +102,45 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_siz
     return x_adv.detach()
 
 
+TARGETS = ("model", "experts", "router")  # what a component attack aims at (`component_attack`)
+
+
+def component_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
+                     target: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per image, is the model still right after an attack aimed at one of its parts (the dual-model paper's
+    vulnerability analysis; their exact definitions are not public, these are the book's):
+
+    - "model": PGD on the whole MoE, the prediction of the whole MoE (RA);
+    - "experts": PGD with every MoE layer's routing held at the image's clean choice, the prediction with the routing
+      still held there: how robust the experts are where the router sends the clean image (RA-E);
+    - "router": PGD on the router's scores (cross-entropy against its clean choice, so the attack seeks another
+      route), the prediction of the whole MoE with the experts as they are (RA-R). The MoE's router must see the
+      input itself (`models.NetworkMoE`).
+
+    Returns a bool tensor (n,): True where the model is still right. The model runs in eval mode throughout."""
+    from .models import NetworkMoE, fixed_routing, record_routing
+
+    if target not in TARGETS:
+        raise ValueError(f"unknown attack target {target!r}; allowed: {', '.join(TARGETS)}")
+    if target == "model":
+        x_adv = pgd(model, x, y, eps, step_size, steps, generator=generator)
+        with torch.no_grad(), frozen_eval(model):
+            return model(x_adv).argmax(1) == y
+    with torch.no_grad(), frozen_eval(model), record_routing(model) as routes:
+        model(x)
+    if target == "experts":
+        with fixed_routing(model, dict(routes)):
+            x_adv = pgd(model, x, y, eps, step_size, steps, generator=generator)
+            with torch.no_grad(), frozen_eval(model):
+                return model(x_adv).argmax(1) == y
+    if not isinstance(model, NetworkMoE):
+        raise ValueError("the router attack needs a network MoE (its router sees the image), got "
+                         f"{type(model).__name__}")
+    x_adv = pgd(model.router, x, routes["moe"].to(x.device), eps, step_size, steps, generator=generator)
+    with torch.no_grad(), frozen_eval(model):
+        return model(x_adv).argmax(1) == y
+
+
 AA_VERSIONS = ("standard", "apgd-ce")  # apgd-ce: APGD-CE alone (the smoke preset's cheap stand-in)
 
 

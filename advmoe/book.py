@@ -28,6 +28,8 @@ PAGES = ["notebooks/tab1_overall.ipynb", "notebooks/fig1_overview.ipynb", "noteb
          "notebooks/fig7_experts_vs_scale.ipynb", "notebooks/fig8_tabA2_model_scale.ipynb",
          "notebooks/tabA1_train_steps.ipynb",
          "notebooks/audit_robustness.ipynb",
+         "notebooks/re_grid.ipynb", "notebooks/re_placement.ipynb", "notebooks/re_collapse.ipynb",
+         "notebooks/re_experts.ipynb", "notebooks/re_tradeoff.ipynb",
          "book/claims.ipynb", "book/intro.ipynb", "book/verdicts.ipynb", "book/reproduce.ipynb",
          "book/status.ipynb"]  # the ledger, the landing page and status read what the others wrote: last
 
@@ -82,7 +84,7 @@ def execute(preset: str = "cpu", device: str = "cpu", recompute: bool = False, p
     then missing robustness audits (with their AutoAttack runs) computed the same way."""
     import papermill as pm
 
-    from . import audit, inside, scale
+    from . import audit, inside, robust, scale
     from .experiments import get_many, load
     from .report import audit_specs, fig2_specs, fig2_sweep, page_specs
     from .worstcase import worst_case_eval
@@ -106,6 +108,9 @@ def execute(preset: str = "cpu", device: str = "cpu", recompute: bool = False, p
     shown = [key for key, page in scale.PAGES.items() if page in (pages or PAGES)]
     tqdm.write(f"scale pages ({', '.join(shown) or 'none in the book yet'}): their models (stored ones are reused)")
     scale.precompute(preset, device, jobs, progress, shown)
+    if any(page.startswith("notebooks/re_") for page in pages or PAGES):
+        tqdm.write("Robust Experts: every model and evaluation of the chapter (stored ones are reused)")
+        robust.precompute(preset, device, jobs, progress)
     times = {}
     for page in tqdm(pages or PAGES, desc="notebooks", disable=not progress):
         path = REPO / page

@@ -24,7 +24,7 @@ from . import numerics
 from .attacks import check_attack
 from .evaluate import evaluate
 from .io import atomic_write_json, file_sha256, read_json, state_sha256
-from .models import KINDS, TOPK_KINDS, check_model_args, compact, create_model
+from .models import KINDS, NETWORK_KINDS, TOPK_KINDS, check_alpha, check_model_args, compact, create_model
 from .train import METHODS, PARTIAL, start_from, train, trajectory_settings
 
 PRESETS = ("smoke", "cpu", "paper")
@@ -36,9 +36,11 @@ TABLE1 = (  # (label, kind, method, scale): the paper's Table 1 rows for one (da
     ("AdvMoE", "moe", "advmoe", 0.5),
 )
 HASH_DEFAULTS = dict(placement="layer4", gate="gap-fc", top_k=1, balancing="entropy", balancing_coef=0.5,
-                     schedule="cosine")  # fields added after results were stored, left out of the hash at these values
+                     schedule="cosine", alpha=0.7, router_trains=True)  # fields added after results were stored, left
+# out of the hash at these values
 SCHEDULES = ("cosine", "poly")
 TOPK_METHODS = ("standard", "pgd-at")  # what trains a Robust Experts model
+NETWORK_METHODS = {"network-moe": ("standard", "pgd-at", "rt-er"), "dual-moe": ("jtdmoe",)}  # the dual-model paper's
 SUBSET_SEED = 0  # train/test subsets are the same for every seed and method: only training randomness varies
 # What a chained experiment shares with its parent (the architecture and the data it was trained on).
 CHAIN_FIELDS = ("preset", "dataset", "backbone", "kind", "scale", "n_experts", "router", "base_width", "train_subset",
@@ -83,13 +85,18 @@ class ExperimentSpec:
     balancing: str = "entropy"
     balancing_coef: float = 0.5
     schedule: str = "cosine"  # or "poly": lr x (1 - epoch / epochs)^0.9, per epoch (the Robust Experts code)
+    # The dual-model paper's (kinds network-moe, dual-moe: `advmoe.models.netmoe`): the blend's weight of the robust
+    # MoE, and whether the image router trains (False: the released design, frozen at its initialisation). RT-ER's
+    # and JTDMoE's KL weight is `beta` (6, as TRADES').
+    alpha: float = 0.7
+    router_trains: bool = True
 
     def __post_init__(self):
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; allowed: {', '.join(PRESETS)}")
         datalib.check_dataset(self.dataset)
         check_model_args(self.backbone, self.kind, self.scale, self.n_experts, self.router,
-                         base_width=self.base_width, kinds=KINDS + TOPK_KINDS)
+                         base_width=self.base_width, kinds=KINDS + TOPK_KINDS + NETWORK_KINDS)
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; allowed: {', '.join(METHODS)}")
         if self.schedule not in SCHEDULES:
@@ -101,6 +108,18 @@ class ExperimentSpec:
                 raise ValueError(f"balancing_coef must be a number >= 0, got {self.balancing_coef!r}")
             create_model(self.backbone, self.kind, self.scale, self.n_experts, 10, self.router, 1, self.placement,
                          self.gate, self.top_k, self.balancing)  # gate, k, loss and placement, checked on a tiny model
+        if self.kind in NETWORK_KINDS or self.method in ("rt-er", "jtdmoe"):
+            allowed = NETWORK_METHODS.get(self.kind, ())
+            if self.method not in allowed:
+                trains = {m: k for k, ms in NETWORK_METHODS.items() for m in ms if m in ("rt-er", "jtdmoe")}
+                raise ValueError(f"method {self.method!r} trains kind {trains[self.method]!r}, not {self.kind!r}"
+                                 if self.method in trains else
+                                 f"kind {self.kind!r} is trained by {' or '.join(allowed)}, not {self.method!r}")
+            if not isinstance(self.n_experts, int) or self.n_experts < 2:
+                raise ValueError(f"kind {self.kind!r} needs n_experts >= 2, got {self.n_experts!r}")
+            check_alpha(self.alpha)
+            if not isinstance(self.router_trains, bool):
+                raise ValueError(f"router_trains must be True or False, got {self.router_trains!r}")
         if self.method == "advmoe" and self.kind != "moe":
             raise ValueError(f"method 'advmoe' trains routers and experts of kind 'moe', not {self.kind!r}")
         if self.kind == "moe" and self.n_experts < 2 and self.method == "advmoe":
@@ -157,6 +176,9 @@ class ExperimentSpec:
         experts = f"-n{self.n_experts}" if self.kind == "moe" else ""
         if self.kind in TOPK_KINDS:
             experts = f"-n{self.n_experts}-{self.placement}-{self.gate}-k{self.top_k}-{self.balancing}"
+        if self.kind in NETWORK_KINDS:
+            experts = (f"-n{self.n_experts}" + ("" if self.router_trains else "-frozen-router")
+                       + (f"-a{self.alpha:g}" if self.kind == "dual-moe" else ""))
         chain = f"-from-{self.parent.method}" if self.parent is not None else ""
         return (f"{self.dataset}-{self.backbone}-{self.kind}{experts}{router}-r{self.scale:g}-{self.method}{chain}"
                 f"-s{self.seed}")
@@ -185,7 +207,8 @@ class ExperimentSpec:
 def model_for(spec: ExperimentSpec):
     """The untrained model a spec describes (initialised from the global RNG: seed it first)."""
     return create_model(spec.backbone, spec.kind, spec.scale, spec.n_experts, spec.num_classes, spec.router,
-                        spec.base_width, spec.placement, spec.gate, spec.top_k, spec.balancing)
+                        spec.base_width, spec.placement, spec.gate, spec.top_k, spec.balancing,
+                        image_size=32, router_trains=spec.router_trains, alpha=spec.alpha)  # every dataset is 32x32
 
 
 def preset_settings(preset: str) -> dict:
@@ -618,8 +641,9 @@ def relative_cost(spec: ExperimentSpec) -> float:
     """A rough training cost, to start the longest experiments first (measured: AdvMoE ~2x AT(MoE) ~1.4x AT(S-Dense);
     PGD-7 AT of a dense, BlockMoE or ConvMoE ResNet-18 about the same, k = 2 ~1.2x)."""
     per_step = {"standard": 0.3, "at": 1.0, "advmoe": 2.0, "at-routers": 0.8, "at-backbone": 1.0, "hydra-mask": 0.8,
-                "hydra-finetune": 1.0, "pgd-at": 2.5}[spec.method]
-    kind = {"dense": 1.0, "s-dense": 0.5, "moe": 0.8, "sparse": 1.0, "block-moe": 1.0, "conv-moe": 1.0}[spec.kind]
+                "hydra-finetune": 1.0, "pgd-at": 2.5, "rt-er": 5.0, "jtdmoe": 12.0}[spec.method]  # the last two: guesses
+    kind = {"dense": 1.0, "s-dense": 0.5, "moe": 0.8, "sparse": 1.0, "block-moe": 1.0, "conv-moe": 1.0,
+            "network-moe": 1.0, "dual-moe": 1.0}[spec.kind]
     topk = 1 + 0.2 * (spec.top_k - 1) if spec.kind in TOPK_KINDS else 1
     return per_step * kind * topk * spec.epochs * (spec.train_subset or 50_000)
 

@@ -22,6 +22,7 @@ from .evaluate import accuracy, robust_accuracy
 from .io import bits
 from .models import forced_expert, moe_layers, record_routing
 from .worstcase import apgd
+from . import robust_paper
 
 AUTOPGD_ITERATIONS = 20  # the authors' "AutoPGD": torchattacks APGD, CE, 20 steps, one restart (their src/run.py)
 
@@ -52,6 +53,19 @@ def settings(preset: str) -> dict:
                           "train_subset": None, "test_subset": None, "lr": 0.01},
                     n_forced=None, n_traffic=10_000)
     raise ValueError(f"unknown preset {preset!r}; allowed: {', '.join(ex.PRESETS)}")
+
+
+def describe(preset: str) -> str:
+    """One line for a page: what the preset trains and how it attacks."""
+    cfg = settings(preset)
+    s = cfg["spec"]
+    images = lambda n, what: f"{n:,} {what} images" if n else f"every {what} image"
+    return (f"{preset} preset: ResNet-18 of width {s['base_width']} on {s['dataset']} "
+            f"({images(s['train_subset'], 'training')}), {s['epochs']} epochs of PGD-{s['train_steps']} adversarial "
+            f"training (eps 8/255, step 2/255), N = {s['n_experts']} experts; evaluated on "
+            f"{images(s['test_subset'], 'test')} with PGD-{s['eval_steps']}, APGD-CE-{AUTOPGD_ITERATIONS}, and the "
+            f"worst case over every attack on {images(ex.autoattack_settings(preset)[1], 'test')} (the AutoAttack "
+            f"images); forced experts on {images(cfg['n_forced'], 'test')}.")
 
 
 def spec(preset: str, kind: str, method: str = "pgd-at", seed: int = 0, **fields) -> ex.ExperimentSpec:
@@ -167,10 +181,32 @@ VERDICT_MODELS = {
 }
 
 
-def plan(preset: str) -> list[ex.ExperimentSpec]:
-    """Every model this chapter's verdicts read, first seeds first (so a partial run covers every model once)."""
-    return [spec(preset, kind, seed=seed, **fields) for seed in ex.preset_seeds(preset)
-            for kind, fields in VERDICT_MODELS.values()]
+# The rest of the grid, trained with the preset's first seed only and plotted, never decided on: the authors' T1
+# configurations on both conv5_x blocks (BlockMoE, and the ConvMoE of their best PGD row), the Conv-GAP gate, the
+# paper's printed loss (column entropy) and none, the 1st-block placements of T3, the configuration of their
+# fixed-expert figure (switch loss, Conv-GAP), and standard training (no robustness without AT, their claim 3).
+GRID_MODELS = {
+    "BlockMoE, layer4 (both blocks)": ("block-moe", dict(placement="layer4")),
+    "ConvMoE, layer4 (5 convs)": ("conv-moe", dict(placement="layer4")),
+    "BlockMoE, layer4.1, Conv-GAP": ("block-moe", dict(placement="layer4.1", gate="conv-gap")),
+    "BlockMoE, layer4.1, switch, Conv-GAP": ("block-moe", dict(placement="layer4.1", gate="conv-gap",
+                                                              balancing="switch")),
+    "BlockMoE, layer4.1, column entropy": ("block-moe", dict(placement="layer4.1", balancing="column-entropy")),
+    "BlockMoE, layer4.1, no balancing": ("block-moe", dict(placement="layer4.1", balancing="none")),
+    "BlockMoE, layer4.0": ("block-moe", dict(placement="layer4.0")),
+    "BlockMoE, layer3.0": ("block-moe", dict(placement="layer3.0")),
+    "Dense, standard training": ("dense", dict(method="standard")),
+    "BlockMoE, layer4.1, standard training": ("block-moe", dict(placement="layer4.1", method="standard")),
+}
+
+
+def plan(preset: str, grid: bool = False) -> list[ex.ExperimentSpec]:
+    """Every model this chapter's verdicts read, first seeds first (so a partial run covers every model once); with
+    `grid`, then the rest of the grid (`GRID_MODELS`, the preset's first seed)."""
+    verdict = [spec(preset, kind, seed=seed, **fields) for seed in ex.preset_seeds(preset)
+               for kind, fields in VERDICT_MODELS.values()]
+    return verdict + ([spec(preset, kind, seed=ex.preset_seeds(preset)[0], **fields)
+                       for kind, fields in GRID_MODELS.values()] if grid else [])
 
 
 def unit(spec_: ex.ExperimentSpec, device: str = "cpu", root: Path | None = None, recompute: bool = False,
@@ -189,27 +225,35 @@ def precompute(preset: str, device: str = "cpu", jobs: int = 1, progress: bool =
     ex.get_many(plan(preset), device, progress=progress, jobs=jobs, task=unit)
 
 
-# The authors' numbers for the verdict models (their plotting notebook, CIFAR-100, ResNet-18, N = 4, one run each;
-# clean, PGD-20, APGD-CE-20 in %: facts file Sec. 5, tables T1 and T3). None: no run of theirs matches the model.
-PAPER = {
-    "AT (Dense)": (52.14, 16.87, 17.99),  # T1 baseline, adversarial training
-    "BlockMoE, layer4.1": (54.91, 19.96, 20.76),  # T3: conv5_x, 2nd block, L_ent, GAP-FC
-    "BlockMoE, layer3.1": (51.11, 16.43, 17.06),  # T3: conv4_x, 2nd block, L_ent, GAP-FC
-    "BlockMoE, layer4.1, switch": (52.15, 18.58, 20.29),  # T3: conv5_x, 2nd block, L_switch, GAP-FC
-    "BlockMoE, layer4.1, k = 2": None,  # their k grid is on both layer4 blocks (T1); see PAPER_K
-}
-PAPER_K = {1: (51.76, 19.75, 22.31), 2: (53.34, 18.40, 20.38)}  # T1: BlockMoE on both layer4 blocks, L_ent, GAP-FC
+def paper_of(spec_: ex.ExperimentSpec) -> tuple[float, float, float] | None:
+    """The authors' (clean, PGD-20, APGD-CE-20) in % for the configuration of a spec (their CIFAR-100 grids,
+    `robust_paper`), None where they ran none like it (e.g. k = 2 in one block: their k grid is on both blocks)."""
+    if spec_.kind == "dense":
+        return robust_paper.value("dense", spec_.method)
+    return robust_paper.value(spec_.kind, spec_.method, spec_.placement, spec_.balancing, spec_.gate, spec_.top_k)
 
 
-def records(preset: str, device: str = "cpu", recompute: bool = False) -> list[dict]:
-    """One record per verdict model and seed: its metrics, with RA-AA and the worst case (`report.with_autoattack`)
-    and the authors' AutoPGD (APGD-CE-20) added to its final metrics, and this chapter's evaluation (`evaluate`).
-    Missing units are computed."""
+def paper(label: str) -> tuple[float, float, float] | None:
+    """`paper_of` a verdict model, by its label."""
+    kind, fields = VERDICT_MODELS[label]
+    return paper_of(spec("cpu", kind, **fields))
+
+
+def paper_k(k: int) -> tuple[float, float, float]:
+    """The authors' BlockMoE on both layer4 blocks (T1), L_ent, GAP-FC, with top-k = k, adversarially trained."""
+    return robust_paper.value("block-moe", "pgd-at", "layer4", "entropy", "gap-fc", k)
+
+
+def records(preset: str, device: str = "cpu", recompute: bool = False, seeds: tuple[int, ...] | None = None,
+            models: dict | None = None) -> list[dict]:
+    """One record per model (`VERDICT_MODELS`, or `models`) and seed (the preset's, or `seeds`): its metrics, with
+    RA-AA and the worst case (`report.with_autoattack`) and the authors' AutoPGD (APGD-CE-20) added to its final
+    metrics, and this chapter's evaluation (`evaluate`). Missing units are computed."""
     from .report import with_autoattack
 
     out = []
-    for label, (kind, fields) in VERDICT_MODELS.items():
-        for seed in ex.preset_seeds(preset):
+    for label, (kind, fields) in (VERDICT_MODELS if models is None else models).items():
+        for seed in ex.preset_seeds(preset) if seeds is None else seeds:
             s = spec(preset, kind, seed=seed, **fields)
             unit(s, device, recompute=recompute, progress=False)
             rec = with_autoattack([dict(label=label, seed=seed, metrics=ex.load(s), spec=s)], device, False)[0]
@@ -227,19 +271,19 @@ def _moe_layer(record: dict) -> str | None:
 
 
 def summary(records: list[dict]):
-    """One row per verdict model: SA, RA-PGD, AutoPGD (APGD-CE-20) and the worst case, ours (mean ± SD over seeds)
-    with the authors' CIFAR-100 number in brackets (a reference for direction only: another dataset and scale)."""
+    """One row per model of the records: SA, RA-PGD, AutoPGD (APGD-CE-20) and the worst case, ours (mean ± SD over
+    seeds) with the authors' CIFAR-100 number in brackets (a reference for direction only: another dataset, scale)."""
     import pandas as pd
 
     from .report import _mean_std, beside
 
     rows = []
-    for label in VERDICT_MODELS:
+    for label in dict.fromkeys(r["label"] for r in records):
         done = [r["metrics"]["final"] for r in records if r["label"] == label]
-        paper = PAPER[label] or (None, None, None)
+        paper_ = paper_of(next(r["spec"] for r in records if r["label"] == label)) or (None, None, None)
         row = {"model": label, "seeds": len(done)}
-        for name, key, p in (("SA %", "sa", paper[0]), ("RA-PGD %", "ra", paper[1]), ("AutoPGD %", "autopgd", paper[2]),
-                             ("RA worst case %", "ra_worst", None)):
+        for name, key, p in (("SA %", "sa", paper_[0]), ("RA-PGD %", "ra", paper_[1]),
+                             ("AutoPGD %", "autopgd", paper_[2]), ("RA worst case %", "ra_worst", None)):
             row[name] = beside(*_mean_std([100 * f[key] for f in done]), p) if done else "-"
         rows.append(row)
     return pd.DataFrame(rows)
@@ -277,9 +321,59 @@ def usage(records: list[dict]):
     return pd.DataFrame(rows)
 
 
-def verdicts(records: list[dict], preset: str) -> list:
-    """R1-R6 of the claims ledger, decided by `report.verdict` (seeds paired; test images paired where both sides
-    are per-image results on the same images). R1, R2 and R6 also under the worst case."""
+def scores(records: list[dict]):
+    """Long format for the figures: one row per (model, seed, metric) with the value in %; metrics "SA", "RA-PGD",
+    "AutoPGD" and "RA worst case"."""
+    import pandas as pd
+
+    names = {"sa": "SA", "ra": "RA-PGD", "autopgd": "AutoPGD", "ra_worst": "RA worst case"}
+    return pd.DataFrame([dict(model=r["label"], seed=r["seed"], metric=name, value=100 * r["metrics"]["final"][key])
+                         for r in records for key, name in names.items()])
+
+
+def experts_summary(table):
+    """Per model and seed (from `experts`): the gated model's RA-PGD, the forced RA of its most- and least-used
+    expert (by training traffic) and of its best expert, and how many experts beat the gated model, in %."""
+    import pandas as pd
+
+    rows = []
+    for (model, seed), g in table.groupby(["model", "seed"], sort=False):
+        g = g.sort_values("traffic", ascending=False)
+        rows.append({"model": model, "seed": seed, "gated RA-PGD %": g.gated_ra.iloc[0],
+                     "most-used expert: traffic %": g.traffic.iloc[0], "most-used: forced RA %": g.ra.iloc[0],
+                     "least-used: forced RA %": g.ra.iloc[-1], "best forced RA %": g.ra.max(),
+                     "experts beating the gate": f"{int((g.ra > g.gated_ra).sum())} of {len(g)}"})
+    return pd.DataFrame(rows)
+
+
+def usage_summary(table):
+    """Per model and traffic (from `usage`): the largest expert share and the usage entropy, mean ± SD over seeds."""
+    import pandas as pd
+
+    from .report import _mean_std, fmt
+
+    rows = []
+    for (model, traffic), g in table.groupby(["model", "traffic"], sort=False):
+        rows.append({"model": model, "traffic": traffic, "seeds": len(g),
+                     "largest share %": fmt(*_mean_std(list(100 * g.largest_share)), 1),
+                     "usage entropy (bits)": fmt(*_mean_std(list(g.entropy_bits))) + f" of {g.max_bits.iloc[0]:.0f}"})
+    return pd.DataFrame(rows)
+
+
+def authors_grid(training: str = "pgd-at"):
+    """The authors' ResNet-18 grids (`robust_paper`: T1 and T3) for one training, one row per configuration."""
+    import pandas as pd
+
+    rows = [dict(moe=moe, placement=placement or "-", loss=loss or "-", gate=gate or "-", k=k or "-",
+                 clean=v[0], PGD=v[1], AutoPGD=v[2])
+            for (moe, placement, loss, gate, k, t), v in robust_paper.GRID.items() if t == training]
+    return pd.DataFrame(rows)
+
+
+def verdicts(records: list[dict], preset: str, only: tuple[str, ...] | None = None) -> list:
+    """R1-R6 of the claims ledger (`only` these ids: a page decides its own), decided by `report.verdict` (seeds
+    paired; test images paired where both sides are per-image results on the same images). R1, R2 and R6 also
+    under the worst case."""
     from .report import per_image, verdict
 
     def of(label):
@@ -308,7 +402,7 @@ def verdicts(records: list[dict], preset: str) -> list:
                            for r in of(label)]
     deep, shallow, switch, k2 = ("BlockMoE, layer4.1", "BlockMoE, layer3.1", "BlockMoE, layer4.1, switch",
                                  "BlockMoE, layer4.1, k = 2")
-    return [
+    found = [
         verdict("R1: one MoE layer in conv5_x with AT beats the AT baseline: BlockMoE (layer4.1) RA > AT (Dense) RA",
                 metrics(deep), metrics("AT (Dense)"), "ra", preset, also="ra_worst"),
         verdict("R1: ... under AutoPGD: BlockMoE (layer4.1) AutoPGD RA > AT (Dense) AutoPGD RA",
@@ -324,3 +418,35 @@ def verdicts(records: list[dict], preset: str) -> list:
         verdict("R6: k = 1 is the most robust k: BlockMoE (layer4.1) k = 1 RA > k = 2 RA", metrics(deep),
                 metrics(k2), "ra", preset, also="ra_worst"),
     ]
+    return [v for v in found if only is None or v.claim.split(":")[0] in only]
+
+
+def _vs(a: str, b: str, column: int = 1) -> str:
+    """The authors' two numbers a claim compares ("19.96% vs 16.87%"), from `paper` (column 1: PGD, 2: AutoPGD)."""
+    return f"{paper(a)[column]:g}% vs {paper(b)[column]:g}%"
+
+
+# The paper's claims (its abstract; the facts file's Sec. 6), each decided by the verdicts of the pages that test it:
+# (page notebook, the verdict's claim prefix, the authors' numbers for it).
+CLAIMS = [
+    dict(id="R1", source="abstract; their T3 (conv5_x, 2nd block, L_ent, GAP-FC)",
+         covered_by=[("re_grid", "R1: one MoE layer", _vs("BlockMoE, layer4.1", "AT (Dense)")),
+                     ("re_grid", "R1: ... under AutoPGD", _vs("BlockMoE, layer4.1", "AT (Dense)", 2))],
+         text="One sparse MoE layer in a deep ResNet stage, with adversarial training, is more robust than the "
+              "adversarially trained dense ResNet under PGD and AutoPGD."),
+    dict(id="R2", source="abstract; their T3 (2nd block, L_ent, GAP-FC)",
+         covered_by=[("re_placement", "R2:", _vs("BlockMoE, layer4.1", "BlockMoE, layer3.1"))],
+         text="The deeper placement (conv5_x) is more robust than the shallower one (conv4_x)."),
+    dict(id="R3", source="abstract (their usage histograms are not published)",
+         covered_by=[("re_collapse", "R3:")],
+         text="The switch loss collapses routing onto a few experts; the entropy loss keeps usage balanced."),
+    dict(id="R4", source="abstract (their per-expert numbers are in their W&B project only)",
+         covered_by=[("re_experts", "R4:")],
+         text="The experts that receive most of the adversarial training become the most robust."),
+    dict(id="R5", source="abstract; their fixed-expert figure (numbers not published)",
+         covered_by=[("re_experts", "R5:")],
+         text="Some single experts, forced for every input, are more robust than the gated MoE."),
+    dict(id="R6", source="their T1 (BlockMoE on both conv5_x blocks, L_ent, GAP-FC, k = 1 vs 2)",
+         covered_by=[("re_grid", "R6:", f"{paper_k(1)[1]:g}% vs {paper_k(2)[1]:g}%")],
+         text="k = 1 is the most robust top-k under adversarial training."),
+]

@@ -22,6 +22,14 @@ is written once:
             K-step PGD-CE attack with random start, adversarial examples only. The attack runs in eval mode, as every
             attack in this book (the authors' ran in train mode: batch statistics, and the noisy gate of the switch
             loss); the update in train mode.
+  rt-er     the dual-model paper's RT-ER on a network MoE (kind network-moe): CE on the last iterate of PGD-CE against
+            the whole MoE, plus beta / B times the sum over the batch of KL(f_i(x) || f_i(x'_i)), f_i the expert the
+            router ranks second for the clean image, x'_i PGD-CE against f_i alone (their released loss; B the batch
+            size). Every attack runs first, in eval mode; then the update in train mode.
+  jtdmoe    the dual-model paper's joint training of a dual model (kind dual-moe), one batch: a robust step of F_R (its
+            RT-ER loss with the KL term of every expert on the whole batch, as their released code does), then a clean
+            step of F_S on the blend's cross-entropy with F_R fixed, weights and BatchNorm statistics (their code
+            left F_S's stale gradient in the next step and F_R's BatchNorm statistics never moved: not copied).
 A Robust Experts model (kinds block-moe, conv-moe) adds its balancing loss, times `balancing_coef`, summed over its
 MoE layers on the step's training-mode forward (`advmoe.models.balancing_losses`), to standard and pgd-at steps.
 """
@@ -41,11 +49,12 @@ from . import data as datalib
 from .attacks import pgd
 from .evaluate import accuracy, robust_accuracy
 from .io import atomic_torch_save, load_checkpoint
-from .losses import trades_loss
+from .losses import kl_from_logits, trades_loss
 from .models import (backbone_parameters, balancing_losses, init_scores_from_weights, mask_stage_parameters,
                      router_parameters)
 
-METHODS = ("standard", "at", "advmoe", "at-routers", "at-backbone", "hydra-mask", "hydra-finetune", "pgd-at")
+METHODS = ("standard", "at", "advmoe", "at-routers", "at-backbone", "hydra-mask", "hydra-finetune", "pgd-at", "rt-er",
+           "jtdmoe")
 PARTIAL = {"at-routers": router_parameters, "at-backbone": backbone_parameters,  # method -> what it trains
            "hydra-mask": mask_stage_parameters}
 
@@ -73,6 +82,12 @@ def only_training(model: nn.Module, params: list[nn.Parameter], fixed_statistics
             p.requires_grad_(flag)
 
 
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    """Every parameter a method trains: all of them, except those a model freezes for good (the released dual-model
+    router, `models.NetworkMoE(router_trains=False)`)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def sgd(params: list[nn.Parameter], spec) -> torch.optim.SGD:
     # Appendix B: SGD, momentum 0.9, weight decay 5e-4, initial lr 0.1 for every method.
     return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
@@ -83,7 +98,10 @@ def make_optimizers(model: nn.Module, spec) -> dict[str, torch.optim.Optimizer]:
         return {"router": sgd(router_parameters(model), spec), "backbone": sgd(backbone_parameters(model), spec)}
     if spec.method in PARTIAL:
         return {"all": sgd(PARTIAL[spec.method](model), spec)}
-    return {"all": sgd(list(model.parameters()), spec)}
+    if spec.method == "jtdmoe":  # the dual model's two MoEs, each with its own step
+        return {"robust": sgd(list(model.robust.parameters()), spec),
+                "standard": sgd(list(model.standard.parameters()), spec)}
+    return {"all": sgd(trainable(model), spec)}
 
 
 def trades_step(model, params, optimizer, x, y, spec, fixed_statistics: bool = False) -> tuple[float, float]:
@@ -118,15 +136,73 @@ def pgd_at_step(model, params, optimizer, x, y, spec) -> tuple[float, float]:
     return standard_step(model, params, optimizer, x_adv, y, spec)
 
 
+def _expert_attacks(moe, x, y, assign, spec) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
+    """(expert, its samples, their PGD examples against that expert alone) for each expert that `assign` gives
+    samples to (assign: the expert per sample, or None: every expert on the whole batch)."""
+    out = []
+    for e, expert in enumerate(moe.experts):
+        rows = torch.arange(len(x), device=x.device) if assign is None else (assign == e).nonzero().squeeze(1)
+        if rows.numel():
+            xe, ye = x.index_select(0, rows), y.index_select(0, rows)
+            out.append((expert, xe, pgd(expert, xe, ye, spec.train_eps, spec.train_step_size, spec.train_steps,
+                                        last_iterate=True)))
+    return out
+
+
+def robust_moe_loss(moe, x, x_adv, y, experts, spec) -> tuple[torch.Tensor, torch.Tensor]:
+    """CE(F(x_adv), y) + beta / B * sum over `experts`' samples of KL(f_i(x) || f_i(x'_i)) (RT-ER's loss); returns
+    (loss, logits on x_adv). Runs in the caller's mode (train)."""
+    logits = moe(x_adv)
+    kl = sum(kl_from_logits(expert(xe), expert(xe_adv), reduction="sum") for expert, xe, xe_adv in experts)
+    return F.cross_entropy(logits, y) + spec.beta / len(x) * kl, logits
+
+
+def rt_er_step(model, params, optimizer, x, y, spec) -> tuple[float, float]:
+    """RT-ER: the whole MoE against PGD, and each sample's second-ranked expert against PGD on that expert alone."""
+    with torch.no_grad():
+        second = model.router(x).topk(2, dim=1).indices[:, 1]  # the router's ranking of the clean image
+    x_adv = pgd(model, x, y, spec.train_eps, spec.train_step_size, spec.train_steps, last_iterate=True)
+    experts = _expert_attacks(model, x, y, second, spec)
+    with only_training(model, params):
+        loss, logits = robust_moe_loss(model, x, x_adv, y, experts, spec)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return loss.item(), (logits.argmax(1) == y).float().mean().item()
+
+
+def jtdmoe_step(model, optimizers, x, y, spec) -> tuple[float, float]:
+    """JTDMoE, one batch: F_R's robust step (every expert's KL term), then F_S's clean step on the blend."""
+    robust = model.robust
+    x_adv = pgd(robust, x, y, spec.train_eps, spec.train_step_size, spec.train_steps, last_iterate=True)
+    experts = _expert_attacks(robust, x, y, None, spec)
+    with only_training(model, list(robust.parameters()), fixed_statistics=True):  # F_S is not run here
+        loss, _ = robust_moe_loss(robust, x, x_adv, y, experts, spec)
+        optimizers["robust"].zero_grad(set_to_none=True)
+        loss.backward()
+        optimizers["robust"].step()
+    with only_training(model, list(model.standard.parameters()), fixed_statistics=True):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        optimizers["standard"].zero_grad(set_to_none=True)
+        loss.backward()
+        optimizers["standard"].step()
+    return loss.item(), (logits.argmax(1) == y).float().mean().item()
+
+
 def iteration(model, optimizers, batch, other_batch, spec) -> tuple[float, float]:
     """What one iteration of `spec.method` does; returns (loss, clean accuracy) of the backbone/all step."""
     x, y = batch
     if spec.method == "standard":
-        return standard_step(model, list(model.parameters()), optimizers["all"], x, y, spec)
+        return standard_step(model, trainable(model), optimizers["all"], x, y, spec)
     if spec.method == "pgd-at":
-        return pgd_at_step(model, list(model.parameters()), optimizers["all"], x, y, spec)
+        return pgd_at_step(model, trainable(model), optimizers["all"], x, y, spec)
+    if spec.method == "rt-er":
+        return rt_er_step(model, trainable(model), optimizers["all"], x, y, spec)
+    if spec.method == "jtdmoe":
+        return jtdmoe_step(model, optimizers, x, y, spec)
     if spec.method in ("at", "hydra-finetune"):
-        return trades_step(model, list(model.parameters()), optimizers["all"], x, y, spec)
+        return trades_step(model, trainable(model), optimizers["all"], x, y, spec)
     if spec.method in PARTIAL:
         return trades_step(model, PARTIAL[spec.method](model), optimizers["all"], x, y, spec, fixed_statistics=True)
     # Algorithm 1, line 4: lower level, routers phi on batch B_phi with the backbone psi fixed.

@@ -3,6 +3,7 @@ at a time; stored units are skipped. Each finished unit prints its name and meas
 can commit it as soon as it is done.
 
     python benchmarks/robust_units.py --preset cpu --seeds 0 --jobs 2
+    python benchmarks/robust_units.py --preset cpu --seeds 0 --grid     # then the rest of the grid, one seed
 """
 import argparse
 import sys
@@ -29,9 +30,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="*", help="only these seeds (default: the preset's)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--grid", action="store_true", help="then the rest of the grid (robust.GRID_MODELS, first seed)")
     args = parser.parse_args()
     try:
-        specs = [s for s in robust.plan(args.preset) if args.seeds is None or s.seed in args.seeds]
+        specs = [s for s in robust.plan(args.preset, args.grid) if args.seeds is None or s.seed in args.seeds]
     except ValueError as e:
         sys.exit(f"robust_units.py: error: {e}")
     print(f"{len(specs)} unit(s), {args.jobs} at a time: " + ", ".join(s.name for s in specs), flush=True)

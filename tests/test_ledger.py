@@ -65,3 +65,23 @@ def test_claim_ids_run_in_the_papers_order_and_no_comparison_is_listed_twice():
         pairs = [(nb, prefix) for nb, prefix, *_ in c["covered_by"]]
         assert len(pairs) == len(set(pairs)), c["id"]
     assert paper._vs("advmoe", "at-moe") == "51.83% vs 45.57%"  # Table 1, ResNet-18, CIFAR-10
+
+
+def test_every_paper_has_its_ledger_section_and_its_claims_in_order():
+    """The claims page has one section per paper of `ledger.PAPERS`, in order, headed by its title; the Robust Experts
+    claims run R1..R6 and each names the authors' numbers where they published any."""
+    import json
+
+    from advmoe import robust
+    from advmoe.data import REPO
+
+    cells = json.loads((REPO / "book" / "claims.ipynb").read_text())["cells"]
+    headings = ["".join(c["source"]).splitlines()[0][3:] for c in cells
+                if c["cell_type"] == "markdown" and "".join(c["source"]).startswith("## ")]
+    assert headings == [p["title"] for p in ledger.PAPERS]
+    assert [c["id"] for c in robust.CLAIMS] == [f"R{i}" for i in range(1, 7)]
+    assert robust.CLAIMS[0]["covered_by"][0][2] == "19.96% vs 16.87%"  # T3 conv5_x 2nd block vs the dense AT baseline
+    assert robust.CLAIMS[-1]["covered_by"][0][2] == "19.75% vs 18.4%"  # T1 BlockMoE k = 1 vs k = 2
+    for c in robust.CLAIMS:
+        pairs = [(nb, prefix) for nb, prefix, *_ in c["covered_by"]]
+        assert len(pairs) == len(set(pairs)), c["id"]

@@ -11,13 +11,15 @@ from advmoe.models import (BACKBONES, MoEConv2d, compact, backbone_parameters, c
 
 KIND_ARGS = {"dense": dict(scale=1.0), "s-dense": dict(scale=0.5), "moe": dict(scale=0.5, n_experts=2),
              "sparse": dict(scale=0.5), "block-moe": dict(n_experts=4, top_k=2, gate="conv-gap"),
-             "conv-moe": dict(n_experts=4, balancing="switch")}
+             "conv-moe": dict(n_experts=4, balancing="switch"), "network-moe": dict(n_experts=3),
+             "dual-moe": dict(n_experts=2, alpha=0.3)}
 REGISTRY = [(b, name[len(b) + 1:]) for name in list_models() for b in BACKBONES if name.startswith(b + "-")]
 
 
 def test_registry_lists_every_kind():
     assert set(list_models("resnet18-*")) == {"resnet18-dense", "resnet18-s-dense", "resnet18-moe", "resnet18-sparse",
-                                              "resnet18-block-moe", "resnet18-conv-moe"}
+                                              "resnet18-block-moe", "resnet18-conv-moe", "resnet18-network-moe",
+                                              "resnet18-dual-moe"}
     assert list_models("nothing*") == []
 
 

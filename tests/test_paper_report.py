@@ -110,8 +110,9 @@ def test_claims_ledger_references_real_verdicts():
     from advmoe.book import PAGES
     pages = {p.split("/")[-1][:-6] for p in PAGES if p.startswith("notebooks/")}
     from advmoe.data import REPO
+    from advmoe.ledger import PAPERS
     stored = R.load_verdicts("cpu", REPO / "results")
-    for claim in paper.CLAIMS:
+    for claim in [c for p in PAPERS for c in p["claims"]]:
         for nb, prefix, *_ in claim["covered_by"]:
             assert nb in pages, (claim["id"], nb)
             assert any(v["claim"].startswith(prefix) for v in stored[nb]["verdicts"]), (claim["id"], prefix)
@@ -124,6 +125,8 @@ def test_claims_ledger_references_real_verdicts():
     ("notebooks/fig2_at_vs_eps.ipynb", {"eps_grid": [-1]}, "eps_grid must hold numbers in [0, 255]"),
     ("notebooks/fig3_router_only.ipynb", {"scale_grid": [0.5, 0]}, "scale_grid must hold model scales r in (0, 1]"),
     ("notebooks/fig3_router_only.ipynb", {"preset": "huge"}, "preset must be one of smoke, cpu, paper"),
+    ("notebooks/re_grid.ipynb", {"preset": "huge"}, "preset must be one of smoke, cpu, paper"),
+    ("notebooks/re_experts.ipynb", {"k": 3}, "unknown parameter(s) k"),
     ("notebooks/fig6_pathway_iou.ipynb", {"steps": 3}, "unknown parameter(s) steps"),
     ("notebooks/fig7_experts_vs_scale.ipynb", {"experts_grid": [0, 2]}, "experts_grid must hold expert numbers N"),
     ("notebooks/fig7_experts_vs_scale.ipynb", {"scale_grid": []}, "scale_grid must be a non-empty list"),

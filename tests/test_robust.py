@@ -68,6 +68,11 @@ def test_a_unit_stores_the_model_and_every_evaluation_of_it(smoke_results):
     assert stored == ["autoattack", "metrics.json", "robust", "worst"]
     assert len(robust.plan("cpu")) == 3 * len(robust.VERDICT_MODELS)
     assert [s.seed for s in robust.plan("cpu")[:len(robust.VERDICT_MODELS)]] == [0] * len(robust.VERDICT_MODELS)
+    grid = robust.plan("cpu", grid=True)[len(robust.plan("cpu")):]
+    assert len(grid) == len(robust.GRID_MODELS) and {s.seed for s in grid} == {0}
+    assert len({s.hash for s in robust.plan("cpu", grid=True)}) == len(robust.plan("cpu", grid=True))  # no repeats
+    assert {s.method for s in grid} == {"pgd-at", "standard"}
+    assert robust.paper_of(grid[0]) == robust.paper_k(1)  # both layer4 blocks, L_ent, GAP-FC, k = 1: their T1 row
 
 
 
@@ -84,5 +89,25 @@ def test_records_tables_and_verdicts_at_the_smoke_preset(smoke_results):
     assert set(usage.traffic) == {"clean", "adversarial", "training"} and usage.largest_share.between(0.25, 1).all()
     verdicts = robust.verdicts(records, "smoke")
     assert [v.claim[:2] for v in verdicts] == ["R1", "R1", "R2", "R3", "R4", "R5", "R6"]
+    assert [v.claim for v in robust.verdicts(records, "smoke", only=("R4", "R5"))] == [v.claim for v in verdicts[4:6]]
+    summary = robust.experts_summary(experts)
+    assert len(summary) == 4 * 2 and (summary["best forced RA %"] >= summary["most-used: forced RA %"]).all()
+    assert set(robust.usage_summary(usage).traffic) == {"clean", "adversarial", "training"}
+    scores = robust.scores(records)
+    assert len(scores) == len(records) * 4 and scores.value.between(0, 100).all()
     assert all(v.status in ("reproduced", "not reproduced", "inconclusive") for v in verdicts)
     assert "2 seeds" in verdicts[0].detail and verdicts[0].also.startswith("RA worst case")
+
+
+def test_the_authors_numbers_are_looked_up_by_configuration():
+    from advmoe import robust_paper
+
+    assert robust_paper.value("dense", "pgd-at") == (52.14, 16.87, 17.99)
+    assert robust_paper.value("block-moe", "pgd-at", "layer4", "switch", "gap-fc", 1) == (51.36, 22.69, 21.22)
+    assert robust_paper.value("block-moe", "standard", "layer3.0", "entropy", "conv-gap", 1) == (68.59, 0.00, 2.26)
+    assert robust_paper.value("conv-moe", "pgd-at", "layer4.1", "entropy", "gap-fc", 1) is None  # no such run
+    assert len(robust_paper.GRID) == 2 + 2 * 32 + 2 * 20  # baselines, T1 (32 rows), T3 (20 rows), two trainings
+    assert robust.paper("BlockMoE, layer4.1, k = 2") is None and robust.paper_k(2) == (53.34, 18.40, 20.38)
+    grid = robust.authors_grid("pgd-at")
+    assert len(grid) == 1 + 32 + 20 and grid.PGD.max() == 25.03  # ConvMoE, L_ent, GAP-FC, k = 1
+    assert "200 epochs" in robust.describe("paper") and "200 test images" in robust.describe("cpu")

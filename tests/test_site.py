@@ -150,51 +150,62 @@ def test_no_table_shows_a_bare_pandas_index_and_no_caption_a_raw_dict(browser, p
     assert raw == [], f"a Python dict printed on the page: {raw}"
 
 
+LEDGER_TABLES = """
+  return Array.from(document.querySelectorAll('main table')).map(t => {
+    const head = Array.from(t.querySelectorAll('thead th')).map(h => h.innerText.trim());
+    return {head, rows: Array.from(t.querySelectorAll('tbody tr')).map(r => ({
+      cells: Array.from(r.cells).map(c => c.innerText.trim()),
+      links: Array.from(r.querySelectorAll('a')).map(a => a.getAttribute('href'))}))};
+  });"""
+
+
 def test_ledger_is_a_dashboard_of_links_in_id_order(browser):
+    """One dashboard per paper with claims (AdvMoE's C1.., Robust Experts' R1..), each in id order."""
     driver, base = browser
     driver.get(f"{base}/book/claims.html")
     driver.save_screenshot(str(SHOTS / "book_claims_dashboard.png"))
-    rows = driver.execute_script("""
-      const t = document.querySelector('main table');
-      const head = Array.from(t.querySelectorAll('thead th')).map(h => h.innerText.trim());
-      return {head, rows: Array.from(t.querySelectorAll('tbody tr')).map(r => ({
-        cells: Array.from(r.cells).map(c => c.innerText.trim()),
-        links: Array.from(r.querySelectorAll('a')).map(a => a.getAttribute('href'))}))};""")
-    head = rows["head"]
-    for column in ("id", "claim", "verdict", "ours", "paper", "gap vs threshold", "page"):
-        assert column in head, head
-    ids = [r["cells"][head.index("id")] for r in rows["rows"] if r["cells"][head.index("id")]]  # a claim's first row
-    assert ids == [f"C{i}" for i in range(1, len(ids) + 1)], ids
-    covered = [r for r in rows["rows"] if r["cells"][head.index("verdict")] not in ("", "not yet covered")]
-    assert covered and all(r["links"] for r in covered)
-    for r in covered:
-        for href in r["links"]:
-            assert href.startswith("../notebooks/") and (SITE / "book" / href).resolve().is_file(), href
+    tables = driver.execute_script(LEDGER_TABLES)
+    assert [t["rows"][0]["cells"][t["head"].index("id")][0] for t in tables] == ["C", "R"]
+    all_ids = []
+    for rows in tables:
+        head = rows["head"]
+        for column in ("id", "claim", "verdict", "ours", "paper", "gap vs threshold", "page"):
+            assert column in head, head
+        ids = [r["cells"][head.index("id")] for r in rows["rows"] if r["cells"][head.index("id")]]  # first rows
+        assert ids == [f"{ids[0][0]}{i}" for i in range(1, len(ids) + 1)], ids
+        all_ids += ids
+        covered = [r for r in rows["rows"] if r["cells"][head.index("verdict")] not in ("", "not yet covered")]
+        assert covered and all(r["links"] for r in covered)
+        for r in covered:
+            for href in r["links"]:
+                assert href.startswith("../notebooks/") and (SITE / "book" / href).resolve().is_file(), href
+        assert not any(len(c) > 1500 for r in rows["rows"] for c in r["cells"]), "a wall of text in the table"
     evidence = driver.execute_script("return Array.from(document.querySelectorAll('main details'))"
                                      ".map(d => d.open);")
-    assert len(evidence) == len(ids) and not any(evidence), "the evidence should sit collapsed, one block per claim"
-    assert not any(len(c) > 1500 for r in rows["rows"] for c in r["cells"]), "a wall of text in the table"
+    assert len(evidence) == len(all_ids) and not any(evidence), "the evidence should sit collapsed, one block per claim"
 
 
 def test_landing_page_answers_with_the_ledgers_counts(browser):
+    """Per paper with claims, the landing page's counts at the cpu preset are those of its ledger table."""
     import re
     from collections import Counter
 
     driver, base = browser
     driver.get(f"{base}/book/claims.html")
-    head = driver.execute_script("return Array.from(document.querySelectorAll('main table thead th'))"
-                                 ".map(h => h.innerText.trim());")
-    verdicts = [v for v in driver.execute_script(f"return Array.from(document.querySelectorAll('main table tbody tr'))"
-                                                 f".map(r => r.cells[{head.index('verdict')}].innerText.trim());") if v]
+    tables = driver.execute_script(LEDGER_TABLES)
     driver.get(f"{base}/index.html")
     driver.save_screenshot(str(SHOTS / "landing.png"))
     main = driver.find_element("tag name", "main")
-    line = re.search(r"At the cpu preset: ([^.]*)\.", main.text)
-    assert line, main.text[:1500]
-    said = {status: int(n) for n, status in re.findall(r"(\d+) (not reproduced|reproduced|inconclusive|not run|"
-                                                        r"not yet covered)", line.group(1))}
-    assert said == dict(Counter(verdicts)), (said, Counter(verdicts))
+    lines = re.findall(r"At the cpu preset: ([^.]*)\.", main.text)
+    assert len(lines) == len(tables), main.text[:1500]
+    n_decided = 0
+    for line, table in zip(lines, tables):
+        column = table["head"].index("verdict")
+        verdicts = [r["cells"][column] for r in table["rows"] if r["cells"][column]]
+        said = {status: int(n) for n, status in re.findall(r"(\d+) (not reproduced|reproduced|inconclusive|not run|"
+                                                            r"not yet covered)", line)}
+        assert said == dict(Counter(verdicts)), (said, Counter(verdicts))
+        n_decided += said.get("reproduced", 0) + said.get("not reproduced", 0)
     decided = [a.get_attribute("href") for a in main.find_elements("css selector", "li li a")]
-    assert len(decided) >= said.get("reproduced", 0) + said.get("not reproduced", 0)
-    assert all("/notebooks/" in href for href in decided), decided
+    assert len(decided) >= n_decided and all("/notebooks/" in href for href in decided), decided
     assert main.text.find("At the cpu preset") < main.text.find("The papers"), "the answer should come first"

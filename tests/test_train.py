@@ -277,3 +277,113 @@ def test_a_robust_experts_model_trains_stores_and_reloads(tiny_data):
     assert [h["lr"] for h in m["history"]] == pytest.approx([spec.lr * 0.5 ** 0.9, 0.0])
     model = ex.trained_model(spec)
     assert ex.state_sha256(model.state_dict()) == m["model_sha256"]
+
+
+def _dual_spec(method="rt-er", kind="network-moe", **kw):
+    return ex.ExperimentSpec(**{"preset": "smoke", "kind": kind, "method": method, "dataset": "cifar10",
+                                "n_experts": 3, "base_width": 4, "lr": 0.05, "train_steps": 2,
+                                "train_step_size": 4 / 255, **kw})
+
+
+def test_rt_er_lowers_its_loss_and_robustifies_each_samples_second_ranked_expert(monkeypatch):
+    from advmoe import train as T
+
+    spec = _dual_spec()
+    torch.manual_seed(0)
+    model = ex.model_for(spec)
+    with torch.no_grad():
+        model.router.fc.weight.mul_(50)  # scores that differ, so the batch splits over experts
+    optimizers = make_optimizers(model, spec)
+    x, y = _batch(0)
+    seen = []
+    attacks = T._expert_attacks
+
+    def spy(moe, x_, y_, assign, s):  # the experts RT-ER attacks: each sample's second choice, ranked on x at that step
+        with torch.no_grad():
+            top2 = moe.router(x_).topk(2, 1).indices
+            seen.append((assign, top2[:, 1], top2[:, 0]))
+        return attacks(moe, x_, y_, assign, s)
+
+    monkeypatch.setattr(T, "_expert_attacks", spy)
+    torch.manual_seed(1)
+    x_adv = pgd(model, x, y, spec.train_eps, spec.train_step_size, spec.train_steps, last_iterate=True)
+    experts = attacks(model, x, y, model.router(x).topk(2, 1).indices[:, 1], spec)
+
+    def loss():
+        model.train()
+        with torch.no_grad():
+            return T.robust_moe_loss(model, x, x_adv, y, experts, spec)[0].item()
+
+    before = loss()
+    for _ in range(3):
+        iteration(model, optimizers, (x, y), None, spec)
+    assert loss() < before
+    assert len(seen) == 3 and len(set(seen[0][0].tolist())) > 1
+    assert all(torch.equal(assign, second) and not (assign == first).any() for assign, second, first in seen)
+
+
+def test_the_released_router_never_moves_and_ours_does(tiny_data):
+    for trains in (True, False):
+        spec = _dual_spec(method="standard", router_trains=trains, epochs=1, train_subset=64, batch_size=16,
+                          test_subset=16, eval_steps=2)
+        torch.manual_seed(spec.seed)
+        initial = ex.model_for(spec).router.fc.weight.detach().clone()
+        ex.get(spec, progress=False)
+        assert torch.equal(ex.trained_model(spec).router.fc.weight, initial) != trains
+    assert _dual_spec(router_trains=False).name.endswith("-n3-frozen-router-r1-rt-er-s0")
+
+
+def test_jtdmoe_steps_the_robust_moe_then_the_standard_one_on_the_blend():
+    spec = _dual_spec(method="jtdmoe", kind="dual-moe", n_experts=2, alpha=0.7)
+    torch.manual_seed(0)
+    model = ex.model_for(spec)
+    optimizers = make_optimizers(model, spec)
+    assert set(optimizers) == {"robust", "standard"}
+    x, y = _batch(0)
+    robust, standard = _snapshot(model.robust.parameters()), _snapshot(model.standard.parameters())
+    robust_bn = [b.clone() for n, b in model.robust.named_buffers() if "running" in n]
+
+    def blend_loss():
+        model.eval()
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(model(x), y).item()
+
+    before = blend_loss()
+    for _ in range(3):
+        iteration(model, optimizers, (x, y), None, spec)
+    assert blend_loss() < before
+    assert any(_changed(robust, model.robust.parameters())) and any(_changed(standard, model.standard.parameters()))
+    # F_R's statistics move in its own (robust) step only: they did move
+    assert any(not torch.equal(a, b) for a, b in zip(robust_bn, [b for n, b in model.robust.named_buffers()
+                                                                  if "running" in n]))
+
+
+def test_the_standard_step_of_jtdmoe_leaves_the_robust_moe_fixed_with_its_statistics():
+    from advmoe.train import only_training
+
+    spec = _dual_spec(method="jtdmoe", kind="dual-moe", n_experts=2)
+    torch.manual_seed(0)
+    model = ex.model_for(spec)
+    x, y = _batch(0)
+    robust = _snapshot(model.robust.parameters())
+    robust_bn = [b.clone() for n, b in model.robust.named_buffers() if "running" in n]
+    optimizer = make_optimizers(model, spec)["standard"]
+    with only_training(model, list(model.standard.parameters()), fixed_statistics=True):
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    assert not any(_changed(robust, model.robust.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(robust_bn, [b for n, b in model.robust.named_buffers()
+                                                              if "running" in n]))
+
+
+@pytest.mark.parametrize("kw, needle", [
+    (dict(method="rt-er", kind="dense", n_experts=2), "method 'rt-er' trains kind 'network-moe', not 'dense'"),
+    (dict(method="at"), "kind 'network-moe' is trained by standard or pgd-at or rt-er, not 'at'"),
+    (dict(method="jtdmoe", kind="dual-moe", alpha=-0.1), "alpha must be a number in [0, 1]"),
+    (dict(method="jtdmoe", kind="dual-moe", n_experts=1), "needs n_experts >= 2"),
+    (dict(router_trains="no"), "router_trains must be True or False"),
+])
+def test_a_dual_model_spec_with_bad_fields_fails_in_one_line(kw, needle):
+    with pytest.raises(ValueError) as e:
+        _dual_spec(**kw)
+    assert needle in str(e.value) and "\n" not in str(e.value)

@@ -42,16 +42,32 @@ class ConvGapGate(nn.Module):
         return global_average_pool(self.conv(x))
 
 
+class ImageGate(nn.Module):
+    """The dual-model paper's router (`advmoe.models.netmoe`): the flattened image, one linear layer to N scores."""
+
+    def __init__(self, in_features: int, n_experts: int):
+        super().__init__()
+        self.fc = nn.Linear(in_features, n_experts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+# gate name -> module(input channels, or features for "image-fc"; n_experts). GATES: a layer inside a network's
+# stage takes these; "image-fc" gates whole networks on the image.
+GATE_MODULES = {"gap-fc": Router, "conv-gap": ConvGapGate, "image-fc": ImageGate}
+
+
 class TopKMoE(MoELayer):
     """N experts (any modules with the same input and output shapes) behind a gate, top-k routing."""
 
     def __init__(self, experts: list[nn.Module], in_channels: int, gate: str = "gap-fc", k: int = 1,
                  balancing: str = "entropy"):
         super().__init__(len(experts))
-        check_layer_args(len(experts), gate, k, balancing)
+        check_layer_args(len(experts), gate, k, balancing, gates=tuple(GATE_MODULES))
         self.experts = nn.ModuleList(experts)
         # GAP-FC is AdvMoE's per-layer router (global average pool -> linear); the softmax is this layer's
-        self.router = (Router if gate == "gap-fc" else ConvGapGate)(in_channels, len(experts))
+        self.router = GATE_MODULES[gate](in_channels, len(experts))
         self.gate, self.k, self.balancing = gate, k, balancing
         self.scores: torch.Tensor | None = None
 
@@ -99,12 +115,12 @@ class TopKMoE(MoELayer):
         return f"n_experts={self.n_experts}, gate={self.gate}, k={self.k}, balancing={self.balancing}"
 
 
-def check_layer_args(n_experts: int, gate: str, k: int, balancing: str) -> None:
+def check_layer_args(n_experts: int, gate: str, k: int, balancing: str, gates: tuple[str, ...] = GATES) -> None:
     """Raise ValueError naming what is allowed."""
     if not isinstance(n_experts, int) or n_experts < 2:
         raise ValueError(f"a top-k MoE layer needs n_experts >= 2 (an integer), got {n_experts!r}")
-    if gate not in GATES:
-        raise ValueError(f"unknown gate {gate!r}; allowed: {', '.join(GATES)}")
+    if gate not in gates:
+        raise ValueError(f"unknown gate {gate!r}; allowed: {', '.join(gates)}")
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= n_experts:
         raise ValueError(f"top_k must be an integer in [1, n_experts = {n_experts}], got {k!r}")
     if balancing not in BALANCING:
