@@ -41,7 +41,8 @@ def settings(preset: str) -> dict:
     16, 5,000 training and 1,000 test images, 8 epochs, batch 128 and SGD lr 0.1 with the cosine schedule as every
     cpu preset of the book (Adam at 1e-4 barely moves a network in a few epochs), and a PGD-5 training attack:
     `benchmarks/dual_cost.py` timed an epoch at 19 s (standard), 141 s (AT), 304 s (RT-ER) and 756 s (JTDMoE) with
-    PGD-10, about 23 worker-hours for the chapter with its evaluations; with PGD-5 68, 160 and 479 s (about 13).
+    PGD-10, about 23 worker-hours for the chapter with its evaluations; with PGD-5 about 80, 180 and 500 s (about
+    13: results/bench/dual-model-cost-cpu.json).
     n_sweep: the images of the alpha sweep's PGD; n_worst: of its worst case (at every alpha: every attack but
     AutoAttack and `SWEEP_SKIP`).
     """
