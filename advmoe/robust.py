@@ -220,9 +220,12 @@ def unit(spec_: ex.ExperimentSpec, device: str = "cpu", root: Path | None = None
     return evaluate(spec_, device, root, progress=progress)
 
 
-def precompute(preset: str, device: str = "cpu", jobs: int = 1, progress: bool = True) -> None:
-    """Train and evaluate every model of `plan`, the grid included, that is not stored yet, `jobs` at a time."""
-    ex.get_many(plan(preset, grid=True), device, progress=progress, jobs=jobs, task=unit)
+def precompute(preset: str, device: str = "cpu", jobs: int = 1, progress: bool = True, specs: list | None = None,
+               on_done=None) -> None:
+    """Train and evaluate every model of `plan`, the grid included (or `specs`), that is not stored yet, `jobs` at a
+    time."""
+    specs = plan(preset, grid=True) if specs is None else specs
+    ex.get_many(specs, device, progress=progress, jobs=jobs, task=unit, on_done=on_done)
 
 
 def paper_of(spec_: ex.ExperimentSpec) -> tuple[float, float, float] | None:

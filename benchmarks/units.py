@@ -1,16 +1,19 @@
-"""Compute the dual-model chapter's models in units (one model: training and every evaluation of it, the alpha sweeps
-included), `--jobs` at a time; stored units are skipped. Each finished unit prints its name and measured
-worker-minutes, so a session can commit it as soon as it is done.
+"""Compute a chapter's models in units (one model: training and every evaluation of it), `--jobs` at a time; stored
+units are skipped. Each finished unit prints its name and measured worker-minutes, so a session can commit it as soon
+as it is done. Chapters: robust (Robust Experts: the verdict models, then with --more the rest of the grid, one seed)
+and dual (the dual-model paper: the verdict models, then with --more the ablations, one seed).
 
-    python benchmarks/dual_units.py --preset cpu --seeds 0 --jobs 2
-    python benchmarks/dual_units.py --preset cpu --ablations     # then the ablations (first seed)
+    python benchmarks/units.py robust --preset cpu --seeds 0 --jobs 2
+    python benchmarks/units.py dual --preset cpu --more
 """
 import argparse
 import sys
 import time
 
-from advmoe import dual
+from advmoe import dual, robust
 from advmoe import experiments as ex
+
+CHAPTERS = {"robust": robust, "dual": dual}
 
 
 def done(spec, result):
@@ -25,18 +28,21 @@ def done(spec, result):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("chapter", choices=CHAPTERS)
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--seeds", type=int, nargs="*", help="only these seeds (default: the preset's)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--ablations", action="store_true", help="the ablations too (dual.ABLATIONS, first seed)")
+    parser.add_argument("--more", action="store_true", help="the chapter's one-seed models too (grid, ablations)")
     args = parser.parse_args()
+    chapter = CHAPTERS[args.chapter]
     try:
-        specs = [s for s in dual.plan(args.preset, args.ablations) if args.seeds is None or s.seed in args.seeds]
+        specs = [s for s in chapter.plan(args.preset, args.more) if args.seeds is None or s.seed in args.seeds]
     except ValueError as e:
-        sys.exit(f"dual_units.py: error: {e}")
+        print(f"units.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
     print(f"{len(specs)} unit(s), {args.jobs} at a time: " + ", ".join(s.name for s in specs), flush=True)
-    dual.precompute(args.preset, args.device, args.jobs, progress=False, specs=specs, on_done=done)
+    chapter.precompute(args.preset, args.device, args.jobs, progress=False, specs=specs, on_done=done)
 
 
 START = time.perf_counter()
