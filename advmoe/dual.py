@@ -414,6 +414,23 @@ def certified_table(records: list[dict]):
     return pd.DataFrame(rows)
 
 
+def certified_note(records: list[dict]) -> str:
+    """One sentence for the certified-radius page: vacuous at every eps (with how far the largest radius is from
+    8/255), or the largest certified fraction at each eps."""
+    cert = certified_table(records)
+    if cert.empty:
+        return "No certified radius is stored at this preset."
+    largest = cert.max_radius.max()
+    if (cert.certified == 0).all():
+        return (f"The bound is vacuous here: no test image of any model, seed or alpha is certified at any eps down "
+                f"to {min(cert.eps):g}/255; the largest radius of any image is {largest:.3g}/255, "
+                f"{8 / largest:.3g} times smaller than 8/255." if largest > 0 else
+                "The bound is vacuous here: every certified radius is 0.")
+    best = cert.groupby("eps").certified.max()
+    return ("Largest fraction of test images certified by any model, seed or alpha: " +
+            ", ".join(f"{v:.1f}% at {e:g}/255" for e, v in best.items()) + f"; the largest radius {largest:.3g}/255.")
+
+
 def certified_verdict(records: list[dict], preset: str):
     """D5: is the certified radius non-trivial at 8/255? The bound is computed, not sampled: per model and seed, the
     fraction of test images certified at 8/255. Reproduced if every seed of the RT-ER MoE and of both dual models
