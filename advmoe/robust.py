@@ -222,8 +222,9 @@ def unit(spec_: ex.ExperimentSpec, device: str = "cpu", root: Path | None = None
 
 def precompute(preset: str, device: str = "cpu", jobs: int = 1, progress: bool = True, specs: list | None = None,
                on_done=None) -> None:
-    """Train and evaluate every model of `plan` (or `specs`) that is not stored yet, `jobs` at a time."""
-    specs = plan(preset) if specs is None else specs
+    """Train and evaluate every model of `plan`, the grid included (or `specs`), that is not stored yet, `jobs` at a
+    time."""
+    specs = plan(preset, grid=True) if specs is None else specs
     ex.get_many(specs, device, progress=progress, jobs=jobs, task=unit, on_done=on_done)
 
 
