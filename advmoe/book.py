@@ -84,7 +84,7 @@ def execute(preset: str = "cpu", device: str = "cpu", recompute: bool = False, p
     then missing robustness audits (with their AutoAttack runs) computed the same way."""
     import papermill as pm
 
-    from . import audit, inside, robust, scale
+    from . import audit, dual, inside, robust, scale
     from .experiments import get_many, load
     from .report import audit_specs, fig2_specs, fig2_sweep, page_specs
     from .worstcase import worst_case_eval
@@ -111,6 +111,9 @@ def execute(preset: str = "cpu", device: str = "cpu", recompute: bool = False, p
     if any(page.startswith("notebooks/re_") for page in pages or PAGES):
         tqdm.write("Robust Experts: every model and evaluation of the chapter (stored ones are reused)")
         robust.precompute(preset, device, jobs, progress)
+    if any(page.startswith("notebooks/dm_") for page in pages or PAGES):
+        tqdm.write("Dual-model MoE: every model and evaluation of the chapter (stored ones are reused)")
+        dual.precompute(preset, device, jobs, progress)
     times = {}
     for page in tqdm(pages or PAGES, desc="notebooks", disable=not progress):
         path = REPO / page

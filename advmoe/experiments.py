@@ -35,10 +35,11 @@ TABLE1 = (  # (label, kind, method, scale): the paper's Table 1 rows for one (da
     ("AT (MoE)", "moe", "at", 0.5),
     ("AdvMoE", "moe", "advmoe", 0.5),
 )
+# Fields added after results were stored, left out of the hash at these values.
 HASH_DEFAULTS = dict(placement="layer4", gate="gap-fc", top_k=1, balancing="entropy", balancing_coef=0.5,
-                     schedule="cosine", alpha=0.7, router_trains=True)  # fields added after results were stored, left
-# out of the hash at these values
-SCHEDULES = ("cosine", "poly")
+                     schedule="cosine", alpha=0.7, router_trains=True, optimizer="sgd")
+SCHEDULES = ("cosine", "poly", "cyclic")
+OPTIMIZERS = ("sgd", "adam")
 TOPK_METHODS = ("standard", "pgd-at")  # what trains a Robust Experts model
 NETWORK_METHODS = {"network-moe": ("standard", "pgd-at", "rt-er"), "dual-moe": ("jtdmoe",)}  # the dual-model paper's
 SUBSET_SEED = 0  # train/test subsets are the same for every seed and method: only training randomness varies
@@ -84,12 +85,14 @@ class ExperimentSpec:
     top_k: int = 1
     balancing: str = "entropy"
     balancing_coef: float = 0.5
-    schedule: str = "cosine"  # or "poly": lr x (1 - epoch / epochs)^0.9, per epoch (the Robust Experts code)
+    schedule: str = "cosine"  # or "poly": lr x (1 - epoch / epochs)^0.9, per epoch (the Robust Experts code); or
+    # "cyclic": triangular between lr / 2 and lr, 500 iterations up, 500 down (the dual-model code's CyclicLR)
     # The dual-model paper's (kinds network-moe, dual-moe: `advmoe.models.netmoe`): the blend's weight of the robust
     # MoE, and whether the image router trains (False: the released design, frozen at its initialisation). RT-ER's
     # and JTDMoE's KL weight is `beta` (6, as TRADES').
     alpha: float = 0.7
     router_trains: bool = True
+    optimizer: str = "sgd"  # or "adam" (the dual-model code's; lr, weight_decay as given, momentum unused)
 
     def __post_init__(self):
         if self.preset not in PRESETS:
@@ -101,6 +104,8 @@ class ExperimentSpec:
             raise ValueError(f"unknown method {self.method!r}; allowed: {', '.join(METHODS)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
         if self.kind in TOPK_KINDS:
             if self.method not in TOPK_METHODS:
                 raise ValueError(f"kind {self.kind!r} is trained by {' or '.join(TOPK_METHODS)}, not {self.method!r}")
@@ -425,7 +430,7 @@ def run(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, pro
 
 
 EVALUATIONS = ("eps-sweep-*.json", "autoattack-*.json", "audit-*.json", "worst-case-*.json", "dissection-*.json",
-               "mask-channels.json", "robust-experts-*.json")  # stored beside metrics.json
+               "mask-channels.json", "robust-experts-*.json", "dual-model-*.json")  # stored beside metrics.json
 
 
 def read_evaluation(path: Path, spec: ExperimentSpec, root: Path | None = None) -> dict | None:

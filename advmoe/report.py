@@ -423,7 +423,8 @@ def save_verdicts(notebook: str, preset: str, verdicts: list[Verdict], records: 
 
 COMPUTE_PARTS = {"metrics.json": "training + PGD", "autoattack-": "AutoAttack", "worst-case-": "worst case",
                  "eps-sweep-": "Fig. 2 sweep", "audit-": "audit", "dissection-": "dissection",
-                 "mask-channels": "mask channels", "robust-experts-": "Robust Experts evaluation"}
+                 "mask-channels": "mask channels", "robust-experts-": "Robust Experts evaluation",
+                 "dual-model-": "dual-model evaluation"}
 
 
 def compute_seconds(preset: str, seeds: tuple[int, ...] | None = None, root: Path | None = None,

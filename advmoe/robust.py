@@ -220,9 +220,12 @@ def unit(spec_: ex.ExperimentSpec, device: str = "cpu", root: Path | None = None
     return evaluate(spec_, device, root, progress=progress)
 
 
-def precompute(preset: str, device: str = "cpu", jobs: int = 1, progress: bool = True) -> None:
-    """Train and evaluate every model of `plan` that is not stored yet, `jobs` at a time."""
-    ex.get_many(plan(preset), device, progress=progress, jobs=jobs, task=unit)
+def precompute(preset: str, device: str = "cpu", jobs: int = 1, progress: bool = True, specs: list | None = None,
+               on_done=None) -> None:
+    """Train and evaluate every model of `plan`, the grid included (or `specs`), that is not stored yet, `jobs` at a
+    time."""
+    specs = plan(preset, grid=True) if specs is None else specs
+    ex.get_many(specs, device, progress=progress, jobs=jobs, task=unit, on_done=on_done)
 
 
 def paper_of(spec_: ex.ExperimentSpec) -> tuple[float, float, float] | None:
@@ -265,6 +268,27 @@ def records(preset: str, device: str = "cpu", recompute: bool = False, seeds: tu
     return out
 
 
+def grid_records(preset: str, device: str = "cpu", recompute: bool = False) -> list[dict]:
+    """`records` of the rest of the grid (`GRID_MODELS`), the preset's first seed: plotted, never decided on."""
+    return records(preset, device, recompute, seeds=ex.preset_seeds(preset)[:1], models=GRID_MODELS)
+
+
+def versus_authors(records: list[dict]):
+    """One row per model the authors ran too: our SA and RA-PGD (mean over its seeds) beside their clean and PGD-20
+    accuracy (CIFAR-100), in %."""
+    import pandas as pd
+
+    rows = []
+    for label in dict.fromkeys(r["label"] for r in records):
+        done = [r for r in records if r["label"] == label]
+        theirs = paper_of(done[0]["spec"])
+        if theirs is not None:
+            mean = lambda key: sum(100 * r["metrics"]["final"][key] for r in done) / len(done)
+            rows.append(dict(model=label, seeds=len(done), training=done[0]["spec"].method, our_sa=mean("sa"),
+                             our_ra=mean("ra"), their_clean=theirs[0], their_pgd=theirs[1]))
+    return pd.DataFrame(rows)
+
+
 def _moe_layer(record: dict) -> str | None:
     """The MoE layer of a verdict model (each has one), None for the dense baseline."""
     return next(iter(record["chapter"].get("forced", {})), None)
@@ -296,28 +320,25 @@ def experts(records: list[dict]):
 
     rows = []
     for r in records:
-        layer = _moe_layer(r)
-        if layer is None:
-            continue
-        traffic = r["chapter"]["usage"]["training"][layer]
-        for e, forced in r["chapter"]["forced"][layer].items():
-            rows.append(dict(model=r["label"], seed=r["seed"], layer=layer, expert=int(e),
-                             traffic=100 * traffic[int(e)] / sum(traffic), sa=100 * forced["sa"], ra=100 * forced["ra"],
-                             gated_ra=100 * r["metrics"]["final"]["ra"]))
+        for layer, experts_ in r["chapter"].get("forced", {}).items():
+            traffic = r["chapter"]["usage"]["training"][layer]
+            for e, forced in experts_.items():
+                rows.append(dict(model=r["label"], seed=r["seed"], layer=layer, expert=int(e),
+                                 traffic=100 * traffic[int(e)] / sum(traffic), sa=100 * forced["sa"],
+                                 ra=100 * forced["ra"], gated_ra=100 * r["metrics"]["final"]["ra"]))
     return pd.DataFrame(rows)
 
 
 def usage(records: list[dict]):
-    """One row per (model, seed, traffic: clean / adversarial / training): the collapse measures of its MoE layer."""
+    """One row per (model, seed, MoE layer, traffic: clean / adversarial / training): the collapse measures."""
     import pandas as pd
 
     rows = []
     for r in records:
-        layer = _moe_layer(r)
-        if layer is not None:
-            for traffic, counts in r["chapter"]["usage"].items():
-                rows.append(dict(model=r["label"], seed=r["seed"], traffic=traffic, **collapse(counts[layer]),
-                                 counts=counts[layer]))
+        for traffic, counts in r["chapter"].get("usage", {}).items():
+            for layer, c in counts.items():
+                rows.append(dict(model=r["label"], seed=r["seed"], layer=layer, traffic=traffic, **collapse(c),
+                                 counts=c))
     return pd.DataFrame(rows)
 
 
@@ -332,14 +353,15 @@ def scores(records: list[dict]):
 
 
 def experts_summary(table):
-    """Per model and seed (from `experts`): the gated model's RA-PGD, the forced RA of its most- and least-used
-    expert (by training traffic) and of its best expert, and how many experts beat the gated model, in %."""
+    """Per model, seed and MoE layer (from `experts`): the gated model's RA-PGD, the forced RA of the layer's most-
+    and least-used expert (by training traffic) and of its best expert, and how many experts beat the gated model,
+    in %."""
     import pandas as pd
 
     rows = []
-    for (model, seed), g in table.groupby(["model", "seed"], sort=False):
+    for (model, seed, layer), g in table.groupby(["model", "seed", "layer"], sort=False):
         g = g.sort_values("traffic", ascending=False)
-        rows.append({"model": model, "seed": seed, "gated RA-PGD %": g.gated_ra.iloc[0],
+        rows.append({"model": model, "seed": seed, "layer": layer, "gated RA-PGD %": g.gated_ra.iloc[0],
                      "most-used expert: traffic %": g.traffic.iloc[0], "most-used: forced RA %": g.ra.iloc[0],
                      "least-used: forced RA %": g.ra.iloc[-1], "best forced RA %": g.ra.max(),
                      "experts beating the gate": f"{int((g.ra > g.gated_ra).sum())} of {len(g)}"})
@@ -347,14 +369,15 @@ def experts_summary(table):
 
 
 def usage_summary(table):
-    """Per model and traffic (from `usage`): the largest expert share and the usage entropy, mean ± SD over seeds."""
+    """Per model, MoE layer and traffic (from `usage`): the largest expert share and the usage entropy, mean ± SD
+    over seeds."""
     import pandas as pd
 
     from .report import _mean_std, fmt
 
     rows = []
-    for (model, traffic), g in table.groupby(["model", "traffic"], sort=False):
-        rows.append({"model": model, "traffic": traffic, "seeds": len(g),
+    for (model, layer, traffic), g in table.groupby(["model", "layer", "traffic"], sort=False):
+        rows.append({"model": model, "layer": layer, "traffic": traffic, "seeds": len(g),
                      "largest share %": fmt(*_mean_std(list(100 * g.largest_share)), 1),
                      "usage entropy (bits)": fmt(*_mean_std(list(g.entropy_bits))) + f" of {g.max_bits.iloc[0]:.0f}"})
     return pd.DataFrame(rows)

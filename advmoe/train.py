@@ -88,20 +88,24 @@ def trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def sgd(params: list[nn.Parameter], spec) -> torch.optim.SGD:
-    # Appendix B: SGD, momentum 0.9, weight decay 5e-4, initial lr 0.1 for every method.
+def optimizer_for(params: list[nn.Parameter], spec) -> torch.optim.Optimizer:
+    """The spec's optimizer over `params`: SGD (AdvMoE's Appendix B: momentum 0.9, weight decay 5e-4, lr 0.1 for
+    every method), or Adam (the dual-model code's: lr 1e-4, no weight decay)."""
+    if spec.optimizer == "adam":
+        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
     return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
 
 
 def make_optimizers(model: nn.Module, spec) -> dict[str, torch.optim.Optimizer]:
     if spec.method == "advmoe":  # routers (phi) and backbone (psi) are optimised alternately, same lr/schedule
-        return {"router": sgd(router_parameters(model), spec), "backbone": sgd(backbone_parameters(model), spec)}
+        return {"router": optimizer_for(router_parameters(model), spec),
+                "backbone": optimizer_for(backbone_parameters(model), spec)}
     if spec.method in PARTIAL:
-        return {"all": sgd(PARTIAL[spec.method](model), spec)}
+        return {"all": optimizer_for(PARTIAL[spec.method](model), spec)}
     if spec.method == "jtdmoe":  # the dual model's two MoEs, each with its own step
-        return {"robust": sgd(list(model.robust.parameters()), spec),
-                "standard": sgd(list(model.standard.parameters()), spec)}
-    return {"all": sgd(trainable(model), spec)}
+        return {"robust": optimizer_for(trainable(model.robust), spec),
+                "standard": optimizer_for(trainable(model.standard), spec)}
+    return {"all": optimizer_for(trainable(model), spec)}
 
 
 def trades_step(model, params, optimizer, x, y, spec, fixed_statistics: bool = False) -> tuple[float, float]:
@@ -234,8 +238,16 @@ def poly(epochs: int, iterations_per_epoch: int, power: float = 0.9):
     return lambda it: (1 - min(it // iterations_per_epoch, epochs) / epochs) ** power
 
 
+def cyclic(step_size_up: int = 500):
+    """The dual-model code's CyclicLR(base_lr = lr / 2, max_lr = lr, step_size_up=500, "triangular"), stepped per
+    iteration: it starts at lr / 2 (the paper's text says "starting at 1e-4": facts file C2)."""
+    return lambda it: 0.5 + 0.5 * (1 - abs(it / step_size_up % 2 - 1))
+
+
 def schedule(spec, iterations_per_epoch: int):
     """The learning-rate factor per iteration of a spec's schedule."""
+    if spec.schedule == "cyclic":
+        return cyclic()
     if spec.schedule == "poly":
         return poly(spec.epochs, iterations_per_epoch)
     return cosine(spec.epochs * iterations_per_epoch)

@@ -81,9 +81,9 @@ def _correct(model, x, y) -> torch.Tensor:
 
 
 def worst_case(model, x: torch.Tensor, y: torch.Tensor, eps: float, found: dict[str, torch.Tensor],
-               seed: int = 0) -> dict:
-    """Run `attacks(model)` after the per-example results already `found` (e.g. PGD and AutoAttack, bool
-    tensors of "still correct"), each on the examples every earlier attack left correct.
+               seed: int = 0, skip: tuple[str, ...] = ()) -> dict:
+    """Run `attacks(model)` (but those named in `skip`) after the per-example results already `found` (e.g. PGD and
+    AutoAttack, bool tensors of "still correct"), each on the examples every earlier attack left correct.
 
     Returns the robust accuracy after each attack, how many examples each one broke that the earlier ones
     did not, the per-example worst case, and the clean accuracy of each forced-expert pathway.
@@ -96,6 +96,8 @@ def worst_case(model, x: torch.Tensor, y: torch.Tensor, eps: float, found: dict[
         steps[name], extra_broken[name], seconds[name] = float(robust.float().mean()), before - int(robust.sum()), 0.0
     expert_clean = {}
     for name, surrogate, args in attacks(model):
+        if name in skip:
+            continue
         t0 = time.perf_counter()
         idx = robust.nonzero().squeeze(1)
         if name.startswith("expert-"):

@@ -111,3 +111,19 @@ def test_the_authors_numbers_are_looked_up_by_configuration():
     grid = robust.authors_grid("pgd-at")
     assert len(grid) == 1 + 32 + 20 and grid.PGD.max() == 25.03  # ConvMoE, L_ent, GAP-FC, k = 1
     assert "200 epochs" in robust.describe("paper") and "200 test images" in robust.describe("cpu")
+
+
+def test_the_grid_is_read_per_moe_layer_beside_the_authors_numbers(smoke_results, monkeypatch):
+    grid_models = {label: robust.GRID_MODELS[label] for label in ("ConvMoE, layer4 (5 convs)",
+                                                                  "Dense, standard training")}
+    monkeypatch.setattr(robust, "GRID_MODELS", grid_models)
+    grid = robust.grid_records("smoke")
+    assert [(r["label"], r["seed"]) for r in grid] == [(label, 0) for label in grid_models]  # the first seed only
+    usage = robust.usage(grid)
+    assert usage.layer.nunique() == 5 and set(usage.model) == {"ConvMoE, layer4 (5 convs)"}  # one row per gate
+    assert len(robust.usage_summary(usage)) == 5 * 3  # 5 gates x 3 kinds of traffic
+    assert len(robust.experts_summary(robust.experts(grid))) == 5
+    both = robust.versus_authors(grid)
+    assert list(both.model) == list(grid_models) and list(both.training) == ["pgd-at", "standard"]
+    assert both.their_pgd.tolist() == [robust.paper_of(r["spec"])[1] for r in grid]
+    assert robust.plan("smoke", grid=True)[-len(grid_models):] == [r["spec"] for r in grid]

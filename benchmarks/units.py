@@ -1,0 +1,50 @@
+"""Compute a chapter's models in units (one model: training and every evaluation of it), `--jobs` at a time; stored
+units are skipped. Each finished unit prints its name and measured worker-minutes, so a session can commit it as soon
+as it is done. Chapters: robust (Robust Experts: the verdict models, then with --more the rest of the grid, one seed)
+and dual (the dual-model paper: the verdict models, then with --more the ablations, one seed).
+
+    python benchmarks/units.py robust --preset cpu --seeds 0 --jobs 2
+    python benchmarks/units.py dual --preset cpu --more
+"""
+import argparse
+import sys
+import time
+
+from advmoe import dual, robust
+from advmoe import experiments as ex
+
+CHAPTERS = {"robust": robust, "dual": dual}
+
+
+def done(spec, result):
+    seconds = sum(ex.read_json(p)["provenance"].get("seconds", 0) or 0 for p in ex.result_dir(spec).glob("*.json")
+                  if p.name != "metrics.json")
+    metrics = ex.load(spec)
+    seconds += metrics["provenance"]["train_seconds_total"] + metrics["provenance"]["eval_seconds"]
+    print(f"done {spec.name} ({spec.hash}): SA {100 * metrics['final']['sa']:.1f}  RA-PGD "
+          f"{100 * metrics['final']['ra']:.1f}; {seconds / 60:.1f} worker-min; "
+          f"{time.perf_counter() - START:.0f}s since start", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("chapter", choices=CHAPTERS)
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--seeds", type=int, nargs="*", help="only these seeds (default: the preset's)")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--more", action="store_true", help="the chapter's one-seed models too (grid, ablations)")
+    args = parser.parse_args()
+    chapter = CHAPTERS[args.chapter]
+    try:
+        specs = [s for s in chapter.plan(args.preset, args.more) if args.seeds is None or s.seed in args.seeds]
+    except ValueError as e:
+        print(f"units.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"{len(specs)} unit(s), {args.jobs} at a time: " + ", ".join(s.name for s in specs), flush=True)
+    chapter.precompute(args.preset, args.device, args.jobs, progress=False, specs=specs, on_done=done)
+
+
+START = time.perf_counter()
+if __name__ == "__main__":  # the workers are spawned: they import this file, and must not run it
+    main()
