@@ -5,8 +5,10 @@ and dual (the dual-model paper: the verdict models, then with --more the ablatio
 
     python benchmarks/units.py robust --preset cpu --seeds 0 --jobs 2
     python benchmarks/units.py dual --preset cpu --more
+    python benchmarks/units.py dual --jobs 1 --only jtdmoe    # one lane for the longest units, another for the rest
 """
 import argparse
+import re
 import sys
 import time
 
@@ -34,12 +36,23 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--more", action="store_true", help="the chapter's one-seed models too (grid, ablations)")
+    parser.add_argument("--only", metavar="REGEX", help="only the units whose name matches (re.search)")
     args = parser.parse_args()
     chapter = CHAPTERS[args.chapter]
     try:
         specs = [s for s in chapter.plan(args.preset, args.more) if args.seeds is None or s.seed in args.seeds]
+        only = re.compile(args.only) if args.only else None
+    except re.error as e:
+        print(f"units.py: error: --only {args.only!r} is not a regular expression ({e}); quote it, e.g. 'jtdmoe'",
+              file=sys.stderr)
+        sys.exit(2)
     except ValueError as e:
         print(f"units.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    specs = [s for s in specs if only is None or only.search(s.name)]
+    if not specs:
+        print(f"units.py: error: no unit of {args.chapter} at {args.preset} matches --only {args.only!r}; "
+              "list them with --only .", file=sys.stderr)
         sys.exit(2)
     print(f"{len(specs)} unit(s), {args.jobs} at a time: " + ", ".join(s.name for s in specs), flush=True)
     chapter.precompute(args.preset, args.device, args.jobs, progress=False, specs=specs, on_done=done)
