@@ -162,3 +162,10 @@ def test_bad_backbone_arguments_fail_before_compute(kwargs, needle):
     with pytest.raises(ValueError) as e:
         advmoe.create_model(**kwargs)
     assert needle in str(e.value)
+
+
+def test_vit_count_matches_the_known_sizes_of_deit_tiny_and_vit_base():
+    from advmoe.flops import vit_gmacs
+
+    assert vit_gmacs() == pytest.approx(1.25, abs=0.01)  # DeiT-Tiny at 224 px (Touvron et al.: 1.3 GFLOPs)
+    assert vit_gmacs(dim=768) == pytest.approx(17.56, rel=0.01)  # ViT-B/16 at 224 px (Dosovitskiy et al.: 17.6)
