@@ -17,12 +17,12 @@ from . import experiments as ex
 from . import paper
 from .data import REPO
 from .io import atomic_write_json
+from .models import BACKBONES
 
 # Table 1's (dataset, backbone) cells as the paper lays them out (`advmoe.cells`); Table 2's AutoAttack has four.
 PAPER_CELLS = list(cells_.PAPER_CELLS)
 TABLE2_CELLS = [(d, b) for d in ("cifar10", "cifar100") for b in ("resnet18", "wrn28-10")]
-FIG1B = (("ST (Dense)", "dense", "standard", 1.0), ("ST (S-Dense)", "s-dense", "standard", 0.5),
-         ("ST (MoE)", "moe", "standard", 0.5)) + tuple(r for r in ex.TABLE1 if r[0] != "AT (Sparse)")  # as the paper
+FIG1B = cells_.FIG1B_ST + tuple(r for r in ex.TABLE1 if r[0] != "AT (Sparse)")  # as the paper
 
 
 IPYTHON_NAMES = {"In", "Out"}  # plain-valued names IPython itself puts in a notebook's namespace
@@ -70,8 +70,11 @@ def cells(preset: str, table: str = "1") -> list[tuple[str, str]]:
 def runnable(dataset: str, backbone: str, preset: str) -> str | None:
     """None if the preset computes the cell, else why not and the one command that computes it."""
     paper_dataset = dataset.replace("cifar10-jpeg", "cifar10")
-    if preset == "paper" or (paper_dataset, backbone) in cells_.CPU:
+    if preset == "paper" or (paper_dataset, backbone) in cells_.BOOK:
         return None
+    if (paper_dataset, backbone) in cells_.CPU:
+        return (f"sized for the {preset} preset, computed in units, not stored yet: python benchmarks/units.py cells "
+                f"--preset {preset}")
     where = "no data on this machine" if paper_dataset in ("cifar100", "imagenet") else "not sized for a CPU"
     return (f"not at the {preset} preset ({where}); on a GPU: advmoe run --preset paper --dataset {paper_dataset} "
             f"--backbone {backbone} --device cuda")
@@ -86,11 +89,11 @@ def cell_spec(preset: str, kind: str, method: str, scale: float, dataset: str, b
 def page_specs(preset: str, seeds: tuple[int, ...] | None = None, **overrides) -> list:
     """Every experiment the book's pages show at a preset (runnable cells only): Table 1 and Fig. 1b rows,
     for the preset's seeds or the given ones; overrides: spec fields to change in all of them (and their parents)."""
-    rows = {r[1:] for r in ex.TABLE1 + FIG1B}
+    rows = {r[1:] for r in ex.TABLE1}
     return [cell_spec(preset, kind, method, scale, d, b, **{"seed": seed, **overrides})
             for d, b in cells(preset) if runnable(d, b, preset) is None
-            for kind, method, scale in sorted(rows)
-            for seed in (ex.preset_seeds(preset) if seeds is None else seeds)]
+            for kind, method, scale in sorted(rows | ({r[1:] for r in FIG1B} if d.startswith("cifar10") else set()))
+            for seed in (cells_.cell_seeds(preset, d, b) if seeds is None else seeds)]
 
 
 def label(spec) -> str:
@@ -113,7 +116,7 @@ def collect(rows, preset: str, device: str, recompute: bool, dataset: str, backb
     records = []
     why = runnable(dataset, backbone, preset)
     for label, kind, method, scale in rows:
-        for seed in ex.preset_seeds(preset) if seeds is None else seeds:
+        for seed in cells_.cell_seeds(preset, dataset, backbone) if seeds is None else seeds:
             rec = dict(dataset=dataset, backbone=backbone, label=label, kind=kind, method=method, scale=scale,
                        seed=seed, metrics=None, why=why)
             if why is None:
@@ -159,8 +162,8 @@ def summary(records: list[dict], metrics=("ra", "sa"), table: str = "1"):
             p = paper.value(d, b, pid, scale, metric, table)
             row[f"{metric}_paper"], row[f"{metric}_paper_std"] = p if p else (None, None)
         row["gflops_ours"] = done[0]["final"]["gflops"] if done else None
-        # the architecture's count: shown for a cell this code can run, whether or not this preset trains the row
-        row["gflops_ours_paper_width"] = paper_width_gflops(b, kind, scale, d)
+        # the architecture's count: for every backbone we build, whether or not this preset trains the row
+        row["gflops_ours_paper_width"] = paper_width_gflops(b, kind, scale, d) if b in BACKBONES else None
         p = paper.value(d, b, pid, scale, "gflops", table) or paper.value(d, b, pid, scale, "gflops", "1")
         row["gflops_paper"] = p[0] if p else None
         row["seeds"] = len(done)

@@ -81,3 +81,20 @@ def test_cli_runs_a_cell_notes_a_pair_the_paper_lacks_and_refuses_bad_input(caps
         assert cli(["list", *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert needle in err[-1] and err[-1].startswith("advmoe: error:"), err
+
+
+def test_a_cells_unit_stores_every_evaluation_its_pages_read(smoke_results):
+    from advmoe import audit
+
+    spec = next(s for s in cells.page_models("smoke", "cifar10", "vgg16", seeds=(0,)) if s.method == "advmoe")
+    cells.unit(spec, progress=False)
+    folder = ex.result_dir(spec)
+    version, n = ex.autoattack_settings("smoke")
+    names = {p.name for p in folder.glob("*.json")}
+    assert {"metrics.json", f"autoattack-{version}-n{n}.json", f"worst-case-{version}-n{n}.json"} <= names, names
+    assert audit.stored(spec) is not None  # the audit page reads the first seed's audit
+    assert [s.kind for s in cells.page_models("smoke", "cifar10", "vgg16", seeds=(0,))][-3:] == ["dense", "s-dense", "moe"]
+    assert not [s for s in cells.page_models("smoke", "tiny-imagenet", "resnet18") if s.method == "standard"]
+    planned = {(s.dataset, s.backbone) for s in cells.plan("cpu")}
+    assert ("cifar10-jpeg", "resnet18") not in planned and ("cifar10-jpeg", "vgg16") in planned
+    assert ("tiny-imagenet", "resnet18") not in {(s.dataset, s.backbone) for s in cells.plan("cpu", more=False)}
