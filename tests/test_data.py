@@ -183,3 +183,10 @@ def test_default_augmentation_draws_the_same_crops_as_before():
     for i in range(16):
         crop = padded[i, :, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32]
         assert torch.equal(out[i], crop.flip(2) if flip[i] else crop)
+
+
+def test_fetch_imagenet_says_how_to_place_it_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ADVMOE_DATA", str(tmp_path))
+    assert cli(["fetch", "imagenet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "never downloaded" in err[0] and str(tmp_path / "imagenet") in err[0]
