@@ -77,7 +77,8 @@ def test_cli_runs_a_cell_notes_a_pair_the_paper_lacks_and_refuses_bad_input(caps
     for argv, needle in ((["--backbone", "resnet50"], "unknown backbone 'resnet50'"),
                          (["--dataset", "svhn"], "unknown dataset 'svhn'"),
                          (["--dataset", "cifar100", "--preset", "cpu"], "no cpu size for resnet18 on cifar100"),
-                         (["--dataset", "imagenet", "--backbone", "vgg16", "--preset", "paper"], "CIFAR layout only")):
+                         (["--dataset", "imagenet", "--backbone", "vgg16", "--preset", "paper"], "CIFAR layout only"),
+                         (["--backbone", "wrn28-10", "--preset", "smoke", "--set", "base_width=1"], "0 channels")):
         assert cli(["list", *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert needle in err[-1] and err[-1].startswith("advmoe: error:"), err
