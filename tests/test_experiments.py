@@ -34,7 +34,7 @@ def test_paper_preset_is_the_paper_protocol():
 
 @pytest.mark.parametrize("changes,needle", [
     (dict(preset="fast"), "allowed: smoke, cpu, paper"),
-    (dict(dataset="imagenet"), "allowed: cifar10, cifar100, cifar10-jpeg"),
+    (dict(dataset="svhn"), "allowed: cifar10, cifar100, cifar10-jpeg, tiny-imagenet, imagenet"),
     (dict(backbone="vgg16"), "allowed: resnet18"),
     (dict(method="hydra"), "allowed: standard, at, advmoe"),
     (dict(kind="s-dense"), "kind 'moe'"),
