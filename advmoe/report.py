@@ -73,11 +73,11 @@ def runnable(dataset: str, backbone: str, preset: str) -> str | None:
     if preset == "paper" or (paper_dataset, backbone) in cells_.BOOK:
         return None
     if (paper_dataset, backbone) in cells_.CPU:
-        return (f"sized for the {preset} preset, computed in units, not stored yet: python benchmarks/units.py cells "
-                f"--preset {preset}")
+        return (f"sized for the {preset} preset, computed in units, not stored yet: `python benchmarks/units.py cells "
+                f"--preset {preset}`")
     where = "no data on this machine" if paper_dataset in ("cifar100", "imagenet") else "not sized for a CPU"
-    return (f"not at the {preset} preset ({where}); on a GPU: advmoe run --preset paper --dataset {paper_dataset} "
-            f"--backbone {backbone} --device cuda")
+    return (f"not at the {preset} preset ({where}); on a GPU: `advmoe run --preset paper --dataset {paper_dataset} "
+            f"--backbone {backbone} --device cuda`")
 
 
 def cell_spec(preset: str, kind: str, method: str, scale: float, dataset: str, backbone: str, **overrides):
@@ -281,10 +281,10 @@ def display_table(df, metrics=("ra", "sa")):
     return shown.style.hide(axis="index")
 
 
-def cell_grid(df, metric: str):
+def cell_grid(df, metric: str, caption: str = ""):
     """Every cell of Table 1 in the paper's layout: a row per cell, a column per method, "ours (paper)" in each
     (RA-PGD or SA: ours where this preset computed the cell, "-" elsewhere; "gflops": our count at the paper's
-    widths, for every cell). Returns a pandas Styler without the index."""
+    widths, for every cell). Returns a pandas Styler without the index, captioned."""
     import pandas as pd
 
     methods = list(dict.fromkeys(df.method))
@@ -300,7 +300,7 @@ def cell_grid(df, metric: str):
                       beside(r[f"{metric}_ours"] if f"{metric}_ours" in r and r.seeds else None,
                              r.get(f"{metric}_ours_std") if r.seeds > 1 else None, r[f"{metric}_paper"]))
         rows.append(row)
-    return pd.DataFrame(rows).fillna("-").style.hide(axis="index")
+    return pd.DataFrame(rows).fillna("-").style.hide(axis="index").set_caption(caption)
 
 
 def uncomputed_cells(preset: str, table: str = "1") -> str:
