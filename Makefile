@@ -16,10 +16,13 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# The CIFAR-10 JPEG copy, unpacked from ../shared when it is there (tests that need it are skipped otherwise).
+# The CIFAR-10 JPEG copy and the Tiny-ImageNet subset, unpacked from ../shared when they are there (tests that need
+# them are skipped otherwise).
 data: install
 	@if [ ! -d data/cifar10-jpeg ] && [ -f $(SHARED)/data/cifar10-jpeg.tar.gz ]; then \
 		ADVMOE_SHARED=$(SHARED) $(VENV)/bin/advmoe fetch cifar10-jpeg; fi
+	@if [ ! -d data/tiny-imagenet-200 ] && [ -f $(SHARED)/data/tiny-imagenet-200-subset.tar.gz ]; then \
+		ADVMOE_SHARED=$(SHARED) $(VENV)/bin/advmoe fetch tiny-imagenet; fi
 
 # Unit tests, then the notebooks under nbval (cells tagged nbval-check-output must reproduce their output), and the
 # browser check of the built site; the last line says when that check could not run (tests/test_site.py skips).

@@ -18,6 +18,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from . import data as datalib
 from .experiments import make_spec, model_for
 from .io import atomic_write_json
 from .models import Router, SharedRouter, create_model, dense_reference
@@ -229,10 +230,10 @@ def moe_cost(width: int = 16, batch: int = 256, train_batch: int = 128, rounds: 
 
 
 def config(spec) -> tuple:
-    """What one training iteration of `spec` costs depends on: model shape, method, attack steps, batch (and for a
-    Robust Experts model where its MoE sits, its gate and k)."""
+    """What one training iteration of `spec` costs depends on: model shape, method, attack steps, batch, the image
+    size and classes (the dataset), and for a Robust Experts model where its MoE sits, its gate and k."""
     return (spec.backbone, spec.kind, spec.method, spec.scale, spec.n_experts, spec.base_width, spec.train_steps,
-            spec.batch_size, spec.placement, spec.gate, spec.top_k)
+            spec.batch_size, spec.placement, spec.gate, spec.top_k, spec.dataset)
 
 
 def iteration_seconds(specs: list, repeats: int = 3, progress: bool = True) -> dict[tuple, float]:
@@ -246,7 +247,8 @@ def iteration_seconds(specs: list, repeats: int = 3, progress: bool = True) -> d
             continue
         torch.manual_seed(0)
         model = mixed_routing(model_for(spec))
-        x, y = torch.rand(spec.batch_size, 3, 32, 32), torch.randint(0, spec.num_classes, (spec.batch_size,))
+        side = datalib.IMAGE_SIZE[spec.dataset]
+        x, y = torch.rand(spec.batch_size, 3, side, side), torch.randint(0, spec.num_classes, (spec.batch_size,))
         fns[key] = lambda m=model, o=make_optimizers(model, spec), s=spec, b=(x, y): iteration(m, o, b, b, s)
     with tqdm(total=repeats + 1, desc=f"timing {len(fns)} training configurations (rounds)", disable=not progress) as bar:
         return interleaved(fns, repeats, bar)

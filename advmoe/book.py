@@ -23,7 +23,8 @@ from .data import REPO
 from .report import check_params
 
 PAGES = ["notebooks/tab1_overall.ipynb", "notebooks/fig1_overview.ipynb", "notebooks/fig2_at_vs_eps.ipynb",
-         "notebooks/tab2_autoattack.ipynb", "notebooks/fig3_router_only.ipynb", "notebooks/fig4_fig5_dissection.ipynb",
+         "notebooks/tab2_autoattack.ipynb", "notebooks/tab3_moe_vit.ipynb", "notebooks/fig3_router_only.ipynb",
+         "notebooks/fig4_fig5_dissection.ipynb",
          "notebooks/fig6_pathway_iou.ipynb", "notebooks/figA2_trajectory.ipynb",
          "notebooks/fig7_experts_vs_scale.ipynb", "notebooks/fig8_tabA2_model_scale.ipynb",
          "notebooks/tabA1_train_steps.ipynb",

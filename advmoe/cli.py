@@ -20,10 +20,19 @@ from . import numerics
 
 
 def _specs(args, every: bool = False) -> list[ex.ExperimentSpec]:
-    """The preset's Table-1 slice, or with every=True every model the book shows (Fig. 1b's too)."""
+    """The preset's Table-1 slice, or with every=True every model the book shows (Fig. 1b's too); with --dataset or
+    --backbone, that Table-1 cell's five rows (`advmoe.cells`)."""
     seeds = tuple(args.seeds) if args.seeds else None
     overrides = _overrides(args.set) if getattr(args, "set", None) else {}  # every spec of a chain gets them
-    if every:
+    if getattr(args, "dataset", None) or getattr(args, "backbone", None):
+        from . import cells
+
+        dataset, backbone = args.dataset or "cifar10", args.backbone or "resnet18"
+        note = cells.check_cell(dataset, backbone)
+        if note:
+            print(f"advmoe: note: {note}", file=sys.stderr)
+        specs = ex.table1(args.preset, seeds, **{**cells.settings(args.preset, dataset, backbone), **overrides})
+    elif every:
         from .report import page_specs
         specs = page_specs(args.preset, seeds, **overrides)
     else:
@@ -209,6 +218,10 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--preset", default="cpu", help=f"one of {', '.join(ex.PRESETS)} (default: cpu)")
         q.add_argument("--only", nargs="*", help="run only experiments whose name contains one of these strings")
         q.add_argument("--seeds", nargs="*", type=_at_least(0), help="seeds (default: the preset's)")
+        q.add_argument("--dataset", help="the Table-1 cell's dataset: cifar10, cifar100, tiny-imagenet, imagenet "
+                                         "(default: cifar10; with the preset's sizes, advmoe.cells)")
+        q.add_argument("--backbone", help="the Table-1 cell's backbone: resnet18, wrn28-10, vgg16, densenet "
+                                          "(default: resnet18)")
         q.add_argument("--set", nargs="*", metavar="FIELD=VALUE",
                        help="override experiment settings, e.g. --set epochs=4 test_subset=500 (results are stored "
                             "under their own hash)")

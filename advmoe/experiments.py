@@ -99,7 +99,7 @@ class ExperimentSpec:
             raise ValueError(f"unknown preset {self.preset!r}; allowed: {', '.join(PRESETS)}")
         datalib.check_dataset(self.dataset)
         check_model_args(self.backbone, self.kind, self.scale, self.n_experts, self.router,
-                         base_width=self.base_width, kinds=KINDS + TOPK_KINDS + NETWORK_KINDS)
+                         base_width=self.base_width, kinds=KINDS + TOPK_KINDS + NETWORK_KINDS, stem=self.stem)
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; allowed: {', '.join(METHODS)}")
         if self.schedule not in SCHEDULES:
@@ -198,6 +198,11 @@ class ExperimentSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
     @property
+    def stem(self) -> str:
+        """ImageNet's models have the 7x7 stride-2 stem (paper Appendix B); every other dataset the 3x3 one."""
+        return "imagenet" if self.dataset == "imagenet" else "cifar"
+
+    @property
     def num_classes(self) -> int:
         return datalib.DATASETS[self.dataset][0]
 
@@ -213,7 +218,8 @@ def model_for(spec: ExperimentSpec):
     """The untrained model a spec describes (initialised from the global RNG: seed it first)."""
     return create_model(spec.backbone, spec.kind, spec.scale, spec.n_experts, spec.num_classes, spec.router,
                         spec.base_width, spec.placement, spec.gate, spec.top_k, spec.balancing,
-                        image_size=32, router_trains=spec.router_trains, alpha=spec.alpha)  # every dataset is 32x32
+                        image_size=datalib.IMAGE_SIZE[spec.dataset], router_trains=spec.router_trains,
+                        alpha=spec.alpha, stem=spec.stem)
 
 
 def preset_settings(preset: str) -> dict:

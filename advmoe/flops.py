@@ -46,3 +46,14 @@ def gflops(model: nn.Module, input_size=(3, 32, 32)) -> float:
         for h in handles:
             h.remove()
     return sum(macs) / 1e9
+
+
+def vit_gmacs(depth: int = 12, dim: int = 192, mlp_ratio: int = 4, image: int = 224, patch: int = 16,
+              classes: int = 1000) -> float:
+    """Analytic MACs / 1e9 of a plain ViT (defaults: DeiT-Tiny at 224 px): patch embedding, per block the QKV and
+    output projections, the attention scores and their weighted sum, the MLP; the class token included, LayerNorm,
+    softmax and GELU not counted (this file's convention). For Table 3, whose MoE-ViT no source defines."""
+    tokens = (image // patch) ** 2 + 1
+    embed = (image // patch) ** 2 * (3 * patch * patch) * dim
+    block = 4 * tokens * dim * dim + 2 * tokens * tokens * dim + 2 * tokens * dim * mlp_ratio * dim
+    return (embed + depth * block + dim * classes) / 1e9

@@ -233,6 +233,17 @@ def value(dataset: str, backbone: str, method: str, scale: float, metric: str, t
     return PAPER.get((table, dataset.replace("cifar10-jpeg", "cifar10"), backbone, method, float(scale), metric))
 
 
+# Table 3 (p.9): MoE-ViT, ImageNet, DeiT-Tiny, "other settings follow Tab. 1"; no std. [30]: Puigcerver et al.,
+# arXiv 2210.10253, the robust ViT-MoE recipe the paper calls AT (MoE). Method -> (RA %, SA %, GFLOPs).
+TABLE3 = {"SOTA [30]": (44.63, 61.72, 0.27), "AdvMoE": (45.93, 61.67, 0.27)}
+TABLE3_MISSING = (  # what a reproduction would need and no source gives (../shared/papers/advmoe-backbones-facts.md 1.5)
+    "the MoE-ViT itself: which blocks (attention, MLP) hold experts, how many experts N, their scale r, the router",
+    "any code: the authors' repository has no ViT or DeiT (nothing outside its vendored torchattacks)",
+    "an account of the GFLOPs: 0.27 is a fraction of a dense DeiT-Tiny's (the table below) that no r or N in the "
+    "text explains",
+    "ImageNet, which is not on this machine",
+)
+
 # Sec. 4's numbers, given in the text at r = 0.5 (ResNet-18, CIFAR-10, PGD-50), in %.
 FIG3_RA = {"theta-bar": 37.64, "M1": 0.0, "M3": 20.04, "M2": 47.68}  # Fig. 3: robust accuracy of each model
 FIG4_SHARES = {"routing unchanged, prediction correct": 31.74, "routing unchanged": 76.27}  # Fig. 4: theta-bar
@@ -315,4 +326,9 @@ CLAIMS = [
          covered_by=[("figA2_trajectory", "AdvMoE's RA (tracked) has plateaued"),
                      ("figA2_trajectory", "AdvMoE's SA has plateaued")],
          text="AdvMoE converges within 100 epochs under the cosine schedule."),
+    dict(id="C16", source="Sec. 5.2, Table 3",
+         covered_by=[("tab3_moe_vit", "AdvMoE RA > [30] RA on MoE-ViT",
+                      f"{TABLE3['AdvMoE'][0]:g}% vs {TABLE3['SOTA [30]'][0]:g}%")],
+         text="On an MoE-ViT (DeiT-Tiny, ImageNet) AdvMoE is more robust than the ViT-MoE recipe of [30], at equal "
+              "GFLOPs."),
 ]

@@ -5,22 +5,24 @@ Notebooks stay thin: a parameters cell, a call here, a table, a figure, glue, an
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import cells as cells_
+from . import data as datalib
 from . import experiments as ex
 from . import paper
-from .data import DATASETS, REPO
+from .data import REPO
 from .io import atomic_write_json
 from .models import BACKBONES
 
-# Table 1's (dataset, backbone) cells as the paper lays them out.
-PAPER_CELLS = [(d, b) for d in ("cifar10", "cifar100") for b in ("resnet18", "wrn28-10", "vgg16", "densenet")] + \
-              [(d, b) for d in ("tiny-imagenet", "imagenet") for b in ("resnet18", "wrn28-10")]
-FIG1B = (("ST (Dense)", "dense", "standard", 1.0), ("ST (S-Dense)", "s-dense", "standard", 0.5),
-         ("ST (MoE)", "moe", "standard", 0.5)) + tuple(r for r in ex.TABLE1 if r[0] != "AT (Sparse)")  # as the paper
+# Table 1's (dataset, backbone) cells as the paper lays them out (`advmoe.cells`); Table 2's AutoAttack has four.
+PAPER_CELLS = list(cells_.PAPER_CELLS)
+TABLE2_CELLS = [(d, b) for d in ("cifar10", "cifar100") for b in ("resnet18", "wrn28-10")]
+FIG1B = cells_.FIG1B_ST + tuple(r for r in ex.TABLE1 if r[0] != "AT (Sparse)")  # as the paper
 
 
 IPYTHON_NAMES = {"In", "Out"}  # plain-valued names IPython itself puts in a notebook's namespace
@@ -58,29 +60,40 @@ def check_params(preset: str, device: str, recompute: bool, names: dict | None =
             raise ValueError(f"{name} must hold expert numbers N, integers >= 1, got {values!r}")
 
 
-def cells(preset: str) -> list[tuple[str, str]]:
-    """The (dataset, backbone) cells of Table 1 a preset covers."""
-    return PAPER_CELLS if preset == "paper" else [(ex.preset_settings(preset)["dataset"], "resnet18")]
+def cells(preset: str, table: str = "1") -> list[tuple[str, str]]:
+    """The (dataset, backbone) cells of Table 1 (or 2), every one at every preset, the dataset as the preset names
+    it (the cpu and smoke presets read the JPEG copy of CIFAR-10); `runnable` says which the preset computes."""
+    return [(d if preset == "paper" else cells_.CPU_DATASET.get(d, d), b)
+            for d, b in (PAPER_CELLS if table == "1" else TABLE2_CELLS)]
 
 
-def runnable(dataset: str, backbone: str) -> str | None:
-    """None if this code can run the cell, else why not."""
-    if backbone not in BACKBONES:
-        return f"backbone {backbone} not implemented yet"
-    if dataset not in DATASETS:
-        return f"dataset {dataset} not supported yet"
-    return None
+def runnable(dataset: str, backbone: str, preset: str) -> str | None:
+    """None if the preset computes the cell, else why not and the one command that computes it."""
+    paper_dataset = dataset.replace("cifar10-jpeg", "cifar10")
+    if preset == "paper" or (paper_dataset, backbone) in cells_.BOOK:
+        return None
+    if (paper_dataset, backbone) in cells_.CPU:
+        return (f"sized for the {preset} preset, computed in units, not stored yet: `python benchmarks/units.py cells "
+                f"--preset {preset}`")
+    where = "no data on this machine" if paper_dataset in ("cifar100", "imagenet") else "not sized for a CPU"
+    return (f"not at the {preset} preset ({where}); on a GPU: `advmoe run --preset paper --dataset {paper_dataset} "
+            f"--backbone {backbone} --device cuda`")
+
+
+def cell_spec(preset: str, kind: str, method: str, scale: float, dataset: str, backbone: str, **overrides):
+    """A Table-1 row's spec in a cell, with the cell's settings at the preset (`advmoe.cells.settings`)."""
+    settings = cells_.settings(preset, dataset.replace("cifar10-jpeg", "cifar10"), backbone)
+    return ex.row_spec(preset, kind, method, scale, **{**settings, **overrides})
 
 
 def page_specs(preset: str, seeds: tuple[int, ...] | None = None, **overrides) -> list:
     """Every experiment the book's pages show at a preset (runnable cells only): Table 1 and Fig. 1b rows,
     for the preset's seeds or the given ones; overrides: spec fields to change in all of them (and their parents)."""
-    rows = {r[1:] for r in ex.TABLE1 + FIG1B}
-    return [ex.row_spec(preset, **{"kind": kind, "method": method, "scale": scale, "seed": seed, "dataset": d,
-                                   "backbone": b, **overrides})
-            for d, b in cells(preset) if runnable(d, b) is None
-            for kind, method, scale in sorted(rows)
-            for seed in (ex.preset_seeds(preset) if seeds is None else seeds)]
+    rows = {r[1:] for r in ex.TABLE1}
+    return [cell_spec(preset, kind, method, scale, d, b, **{"seed": seed, **overrides})
+            for d, b in cells(preset) if runnable(d, b, preset) is None
+            for kind, method, scale in sorted(rows | ({r[1:] for r in FIG1B} if d.startswith("cifar10") else set()))
+            for seed in (cells_.cell_seeds(preset, d, b) if seeds is None else seeds)]
 
 
 def label(spec) -> str:
@@ -101,14 +114,13 @@ def collect(rows, preset: str, device: str, recompute: bool, dataset: str, backb
     """One record per (row, seed): our metrics (None where not runnable) and the row's identity. overrides: spec
     fields every row shares (e.g. Table A1's 10-step training attack, `ex.train_attack(10)`)."""
     records = []
-    why = runnable(dataset, backbone)
+    why = runnable(dataset, backbone, preset)
     for label, kind, method, scale in rows:
-        for seed in ex.preset_seeds(preset) if seeds is None else seeds:
+        for seed in cells_.cell_seeds(preset, dataset, backbone) if seeds is None else seeds:
             rec = dict(dataset=dataset, backbone=backbone, label=label, kind=kind, method=method, scale=scale,
                        seed=seed, metrics=None, why=why)
             if why is None:
-                spec = ex.row_spec(preset, kind, method, scale, dataset=dataset, backbone=backbone, seed=seed,
-                                   **overrides)
+                spec = cell_spec(preset, kind, method, scale, dataset, backbone, seed=seed, **overrides)
                 rec["metrics"], rec["spec"] = ex.get(spec, device, recompute=recompute, progress=False), spec
             records.append(rec)
     return records
@@ -119,12 +131,16 @@ def _mean_std(xs: list[float]) -> tuple[float, float | None]:
     return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None)
 
 
-def paper_width_gflops(backbone: str, kind: str, scale: float, num_classes: int = 10) -> float:
-    """Our analytic GFLOPs for the model at the paper's widths (our presets may shrink the base width)."""
+@functools.lru_cache(maxsize=None)
+def paper_width_gflops(backbone: str, kind: str, scale: float, dataset: str = "cifar10") -> float:
+    """Our analytic GFLOPs for the model at the paper's widths (our presets may shrink the base width), on the
+    dataset's images, classes and stem."""
     from .flops import gflops
     from .models import create_model
 
-    return gflops(create_model(backbone, kind, scale, num_classes=num_classes))
+    spec = cells_.specs("paper", dataset.replace("cifar10-jpeg", "cifar10"), backbone, seeds=(0,))[0]
+    side = datalib.IMAGE_SIZE[spec.dataset]
+    return gflops(create_model(backbone, kind, scale, num_classes=spec.num_classes, stem=spec.stem), (3, side, side))
 
 
 def summary(records: list[dict], metrics=("ra", "sa"), table: str = "1"):
@@ -146,8 +162,8 @@ def summary(records: list[dict], metrics=("ra", "sa"), table: str = "1"):
             p = paper.value(d, b, pid, scale, metric, table)
             row[f"{metric}_paper"], row[f"{metric}_paper_std"] = p if p else (None, None)
         row["gflops_ours"] = done[0]["final"]["gflops"] if done else None
-        # the architecture's count: shown for a cell this code can run, whether or not this preset trains the row
-        row["gflops_ours_paper_width"] = paper_width_gflops(b, kind, scale) if runnable(d, b) is None else None
+        # the architecture's count: for every backbone we build, whether or not this preset trains the row
+        row["gflops_ours_paper_width"] = paper_width_gflops(b, kind, scale, d) if b in BACKBONES else None
         p = paper.value(d, b, pid, scale, "gflops", table) or paper.value(d, b, pid, scale, "gflops", "1")
         row["gflops_paper"] = p[0] if p else None
         row["seeds"] = len(done)
@@ -263,6 +279,35 @@ def display_table(df, metrics=("ra", "sa")):
     if (df.note != "").any():
         shown["note"] = df.note
     return shown.style.hide(axis="index")
+
+
+def cell_grid(df, metric: str, caption: str = ""):
+    """Every cell of Table 1 in the paper's layout: a row per cell, a column per method, "ours (paper)" in each
+    (RA-PGD or SA: ours where this preset computed the cell, "-" elsewhere; "gflops": our count at the paper's
+    widths, for every cell). Returns a pandas Styler without the index, captioned."""
+    import pandas as pd
+
+    methods = list(dict.fromkeys(df.method))
+    rows = []
+    for (d, b), sub in df.groupby(["dataset", "backbone"], sort=False):
+        row = {"cell": f"{b} / {d}"}
+        for m in methods:
+            r = sub[sub.method == m]
+            if r.empty:
+                continue
+            r = r.iloc[0]
+            row[m] = (beside(r.gflops_ours_paper_width, None, r.gflops_paper, 3) if metric == "gflops" else
+                      beside(r[f"{metric}_ours"] if f"{metric}_ours" in r and r.seeds else None,
+                             r.get(f"{metric}_ours_std") if r.seeds > 1 else None, r[f"{metric}_paper"]))
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("-").style.hide(axis="index").set_caption(caption)
+
+
+def uncomputed_cells(preset: str, table: str = "1") -> str:
+    """Markdown: each cell this preset does not compute, why, and the one command that computes it."""
+    lines = [f"- **{b} / {d.replace('cifar10-jpeg', 'cifar10')}**: {why}" for d, b in cells(preset, table)
+             if (why := runnable(d, b, preset))]
+    return "\n".join(lines) or "Every cell is computed at this preset."
 
 
 @dataclass

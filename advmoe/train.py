@@ -291,7 +291,7 @@ def train(spec, model: nn.Module, train_data: datalib.ImageData, test_data: data
             history, start = state["history"], state["epoch"]
 
     def batch(idx: torch.Tensor):
-        x = datalib.augment(train_data.images[idx], generator)
+        x = datalib.augment(train_data.images[idx], generator, crop=train_data.crop)
         return datalib.to_float(x, device), train_data.labels[idx].to(device)
 
     tracked = test_data.subset(min(track[0], len(test_data)), 0) if track else None

@@ -1,10 +1,12 @@
 """Compute a chapter's models in units (one model: training and every evaluation of it), `--jobs` at a time; stored
 units are skipped. Each finished unit prints its name and measured worker-minutes, so a session can commit it as soon
-as it is done. Chapters: robust (Robust Experts: the verdict models, then with --more the rest of the grid, one seed)
-and dual (the dual-model paper: the verdict models, then with --more the ablations, one seed).
+as it is done. Chapters: robust (Robust Experts: the verdict models, then with --more the rest of the grid, one seed),
+dual (the dual-model paper: the verdict models, then with --more the ablations, one seed) and cells (Table 1's cells
+sized for the cpu preset and not yet in the book: the cells read with 3 seeds, then with --more the one-seed ones).
 
     python benchmarks/units.py robust --preset cpu --seeds 0 --jobs 2
     python benchmarks/units.py dual --preset cpu --more
+    python benchmarks/units.py cells --preset cpu --more --only vgg16
     python benchmarks/units.py dual --jobs 1 --only jtdmoe    # one lane for the longest units, another for the rest
 """
 import argparse
@@ -12,10 +14,10 @@ import re
 import sys
 import time
 
-from advmoe import dual, robust
+from advmoe import cells, dual, robust
 from advmoe import experiments as ex
 
-CHAPTERS = {"robust": robust, "dual": dual}
+CHAPTERS = {"robust": robust, "dual": dual, "cells": cells}
 
 
 def done(spec, result):

@@ -37,6 +37,32 @@ def write_cifar(root: Path, name: str = "cifar10", n_train: int = 100, n_test: i
     return folder
 
 
+def write_tiny_imagenet(root: Path, wnids: list[str], n_train: int = 3, n_val: int = 2, gray: int = 1) -> Path:
+    """A small Tiny-ImageNet in the official layout: wnids.txt (unsorted), train/<wnid>/images/<wnid>_<i>.JPEG and
+    <wnid>_boxes.txt, val/images/val_<k>.JPEG labelled in val/val_annotations.txt (shuffled); the first `gray`
+    images of each class are grayscale (PIL mode L), as 3% of the release. Pixel values encode (class, index)."""
+    from PIL import Image
+
+    folder = root / "tiny-imagenet-200"
+    (folder / "val" / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    rows, k = [], 0
+    for c, w in enumerate(sorted(wnids)):
+        (folder / "train" / w / "images").mkdir(parents=True, exist_ok=True)
+        (folder / "train" / w / f"{w}_boxes.txt").write_text("")
+        for i in range(n_train):
+            value = 10 * c + i
+            im = Image.new("L" if i < gray else "RGB", (64, 64), value if i < gray else (value, value, value))
+            im.save(folder / "train" / w / "images" / f"{w}_{i}.JPEG", quality=100)
+        for i in range(n_val):
+            Image.new("RGB", (64, 64), (200 - c, 0, i)).save(folder / "val" / "images" / f"val_{k}.JPEG", quality=100)
+            rows.append(f"val_{k}.JPEG\t{w}\t0\t0\t63\t63")
+            k += 1
+    np.random.default_rng(0).shuffle(rows)
+    (folder / "val" / "val_annotations.txt").write_text("\n".join(rows) + "\n")
+    return folder
+
+
 @pytest.fixture
 def tiny_data(tmp_path, monkeypatch):
     """ADVMOE_DATA and ADVMOE_RESULTS pointed at a temporary tree holding a tiny official-format CIFAR-10."""

@@ -34,8 +34,8 @@ def test_paper_preset_is_the_paper_protocol():
 
 @pytest.mark.parametrize("changes,needle", [
     (dict(preset="fast"), "allowed: smoke, cpu, paper"),
-    (dict(dataset="imagenet"), "allowed: cifar10, cifar100, cifar10-jpeg"),
-    (dict(backbone="vgg16"), "allowed: resnet18"),
+    (dict(dataset="svhn"), "allowed: cifar10, cifar100, cifar10-jpeg, tiny-imagenet, imagenet"),
+    (dict(backbone="resnet50"), "allowed: resnet18, wrn28-10, vgg16, densenet"),
     (dict(method="hydra"), "allowed: standard, at, advmoe"),
     (dict(kind="s-dense"), "kind 'moe'"),
     (dict(scale=0.0), "(0, 1]"),

@@ -96,12 +96,19 @@ def test_notebook_parameters_are_validated(kwargs, needle, monkeypatch):
     assert needle in str(e.value)
 
 
-def test_paper_preset_covers_every_table1_cell_and_says_what_is_missing():
+def test_every_preset_shows_every_table1_cell_and_says_what_it_does_not_compute():
     cells = R.cells("paper")
     assert len(cells) == 12 and ("imagenet", "wrn28-10") in cells
-    assert R.runnable("cifar10", "resnet18") is None
-    assert "not implemented" in R.runnable("cifar10", "vgg16")
-    assert "not supported" in R.runnable("imagenet", "resnet18")
+    assert R.cells("cpu")[0] == ("cifar10-jpeg", "resnet18") and len(R.cells("cpu")) == 12
+    assert R.cells("paper", table="2") == [("cifar10", "resnet18"), ("cifar10", "wrn28-10"),
+                                          ("cifar100", "resnet18"), ("cifar100", "wrn28-10")]
+    assert all(R.runnable(d, b, "paper") is None for d, b in cells)  # the paper preset computes every cell
+    assert R.runnable("cifar10-jpeg", "resnet18", "cpu") is None
+    why = R.runnable("cifar100", "densenet", "cpu")
+    assert "no data on this machine" in why and "advmoe run --preset paper --dataset cifar100 --backbone densenet" in why
+    # our GFLOPs at the paper's widths for every cell, on its images: Tiny-ImageNet's 64 px, ImageNet's 224 px
+    assert R.paper_width_gflops("wrn28-10", "dense", 1.0, "tiny-imagenet") == pytest.approx(21.0, rel=0.01)
+    assert R.paper_width_gflops("resnet18", "s-dense", 0.5, "imagenet") == pytest.approx(0.48, rel=0.01)
 
 
 def test_claims_ledger_references_real_verdicts():

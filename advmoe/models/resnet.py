@@ -3,7 +3,11 @@
 One definition serves Dense, S-Dense, MoE and Sparse: `make_conv` decides what a 3x3 conv of a residual
 block is (a plain conv, or an MoE conv of N experts), `make_norm` what follows a conv (a BatchNorm, or a
 BatchNorm with a channel mask; `stream` says whether the layer writes the stage's residual stream), and
-every width is already scaled by r.
+`width` gives a layer's channels from the paper's (already scaled by the base-width multiplier and r).
+
+The protocol every backbone file follows (`advmoe.models.BACKBONES`): a constructor
+(width, num_classes, make_conv, make_norm, stem) returning a `RoutedNet` whose `copy_kept(small)` fills the S-Dense
+network `small` with the kept channels of this Sparse one (`advmoe.models.sparse.compact`).
 """
 from __future__ import annotations
 
@@ -14,12 +18,29 @@ from torch import nn
 
 from .moe import RoutedNet
 
-MakeConv = Callable[[int, int, int], nn.Module]  # (in_channels, out_channels, stride) -> 3x3 conv
-MakeNorm = Callable[[int, bool], nn.Module]  # (channels, writes the residual stream?) -> normalisation layer
+MakeConv = Callable[..., nn.Module]  # (in_channels, out_channels, stride, kernel_size=3) -> conv ("same" padding)
+# (channels, what it normalises: True for a stage's residual stream, False for one conv's output, or a tuple of
+# (key, channels) parts for a concatenation (DenseNet)) -> normalisation layer
+MakeNorm = Callable[[int, "bool | tuple"], nn.Module]
+Width = Callable[[int], int]  # the paper's channel count of a layer -> this model's
+STEMS = ("cifar", "imagenet")  # 3x3 stride 1 (CIFAR, Tiny-ImageNet), or 7x7 stride 2 and a max-pool (ImageNet)
 
 
-def batch_norm(channels: int, stream: bool) -> nn.Module:
+def batch_norm(channels: int, stream) -> nn.Module:
     return nn.BatchNorm2d(channels)
+
+
+def stem_conv(c_in: int, c_out: int, stem: str) -> nn.Module:
+    """The first conv: 3x3 stride 1 for 32 and 64 px inputs, 7x7 stride 2 (and a max-pool after its activation,
+    `stem_pool`) for ImageNet's 224 px (paper Appendix B: "3x3 in the first layer for TinyImageNet, CIFAR-10 and
+    CIFAR-100, and 7x7 for ImageNet")."""
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; allowed: {', '.join(STEMS)}")
+    return nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False) if stem == "cifar" else nn.Conv2d(c_in, c_out, 7, 2, 3, bias=False)
+
+
+def stem_pool(stem: str) -> list[nn.Module]:
+    return [nn.MaxPool2d(3, 2, 1)] if stem == "imagenet" else []
 
 
 class BasicBlock(nn.Module):
@@ -40,10 +61,10 @@ class BasicBlock(nn.Module):
 
 class ResNet18(RoutedNet):
     def __init__(self, widths: list[int], num_classes: int, make_conv: MakeConv, blocks=(2, 2, 2, 2),
-                 make_norm: MakeNorm = batch_norm):
+                 make_norm: MakeNorm = batch_norm, stem: str = "cifar"):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), make_norm(widths[0], True),
-                                  nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(stem_conv(3, widths[0], stem), make_norm(widths[0], True), nn.ReLU(inplace=True),
+                                  *stem_pool(stem))
         stages, c_in = [], widths[0]
         for i, (c_out, n) in enumerate(zip(widths, blocks)):
             stride = 1 if i == 0 else 2
@@ -75,6 +96,26 @@ class ResNet18(RoutedNet):
         return [n for n, m in self.named_modules() if isinstance(m, wanted) and (n == prefix or n.startswith(prefix + "."))]
 
 
-def resnet18(widths: list[int], num_classes: int, make_conv: MakeConv, make_norm: MakeNorm = batch_norm) -> ResNet18:
-    base = widths[0]
-    return ResNet18([base, 2 * base, 4 * base, 8 * base], num_classes, make_conv, make_norm=make_norm)
+    def copy_kept(self, small: "ResNet18") -> None:
+        """A block's first conv and its shortcut read the block's input (the previous stream), its second conv reads
+        the first one's kept channels."""
+        from .sparse import copy_kept
+
+        stream = copy_kept(self.stem[0], self.stem[1], small.stem[0], small.stem[1], torch.arange(3))
+        for big_stage, small_stage in zip(self.layers, small.layers):
+            for big, little in zip(big_stage, small_stage):
+                inner = copy_kept(big.conv1, big.bn1, little.conv1, little.bn1, stream)
+                out = copy_kept(big.conv2, big.bn2, little.conv2, little.bn2, inner)
+                if len(big.shortcut):
+                    copy_kept(big.shortcut[0], big.shortcut[1], little.shortcut[0], little.shortcut[1], stream)
+                stream = out
+        small.fc.weight.copy_(self.fc.weight[:, stream])
+        small.fc.bias.copy_(self.fc.bias)
+
+
+def resnet18(width: Width, num_classes: int, make_conv: MakeConv, make_norm: MakeNorm = batch_norm,
+             stem: str = "cifar") -> ResNet18:
+    """Stages of w, 2w, 4w, 8w channels, w = width(64): the later stages double the rounded first width (the
+    rounding every stored ResNet-18 result used), where the other backbones round each layer's width."""
+    base = width(64)
+    return ResNet18([base, 2 * base, 4 * base, 8 * base], num_classes, make_conv, make_norm=make_norm, stem=stem)

@@ -10,7 +10,9 @@ Residual connections: every layer that writes into a stage's residual stream (th
 and shortcut) shares one mask, the stage's stream mask, so that the sum of a block's output and its shortcut keeps
 the same channels; each block's first conv has a mask of its own. Every conv then reads r of its input channels
 and writes r of its outputs, and the network executed without the removed channels (`compact`) is an S-Dense
-network: the GFLOPs are counted on it.
+network: the GFLOPs are counted on it. Pre-activation networks (WRN, DenseNet) mask the BatchNorm that reads a
+stream or a concatenation, so every conv still reads only kept channels; a concatenation's mask is the
+concatenation of its parts' masks (one mask per conv that writes a part).
 
 Scores start from the parent's weights (HYDRA's scaled initialisation, per channel): sqrt(6 / fan_in) times the
 channel's weight norm over the largest channel norm of that layer, averaged over the layers sharing a mask.
@@ -53,11 +55,26 @@ class ChannelMask(nn.Module):
         return self.scores.detach().topk(self.keep).indices.sort().values
 
 
+class ConcatMask(nn.Module):
+    """The mask of a concatenation: its parts' masks (shared with every other reader of a part), end to end."""
+
+    def __init__(self, parts: list[ChannelMask]):
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+
+    def forward(self) -> torch.Tensor:
+        return torch.cat([m() for m in self.parts])
+
+    def kept(self) -> torch.Tensor:
+        offsets = [0] + [len(m.scores) for m in self.parts]
+        return torch.cat([m.kept() + sum(offsets[:i + 1]) for i, m in enumerate(self.parts)])
+
+
 class MaskedBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm followed by a channel mask (possibly shared with other layers); state-dict keys of a BatchNorm2d
     plus the mask's scores, so a dense parent's weights load into it."""
 
-    def __init__(self, channels: int, mask: ChannelMask):
+    def __init__(self, channels: int, mask: ChannelMask | ConcatMask):
         super().__init__(channels)
         self.mask = mask
 
@@ -65,22 +82,40 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
         return super().forward(x) * self.mask().view(1, -1, 1, 1)
 
 
-def mask_factory(scale: float, base_width: int):
-    """A make_norm for the backbones: stream=True for layers writing a stage's residual stream (one mask per stage,
-    keyed by its channel count, which differs between stages), False for a block's inner layer (a mask of its own).
+def mask_factory(keep: dict[int, int]):
+    """A make_norm for the backbones: stream=True for layers writing or reading a stage's residual stream (one mask
+    per stage, keyed by its channel count, which differs between stages), False for one conv's output (a mask of
+    its own), or a tuple of (key, channels) parts for a concatenation (one mask per key, shared by its readers).
 
-    A layer of C = m x base_width channels keeps m x round(r x base_width): the rounding S-Dense uses, so the compact
-    network has exactly S-Dense's widths."""
-    from . import scaled
+    A mask of C channels keeps keep[C]: the width the S-Dense network has at that layer (`keep_map`), so the
+    compact network has exactly S-Dense's widths."""
+    shared: dict = {}
 
-    streams: dict[int, ChannelMask] = {}
+    def new(channels: int) -> ChannelMask:
+        if channels not in keep:
+            raise ValueError(f"no S-Dense width for a layer of {channels} channels")
+        return ChannelMask(channels, keep[channels])
 
-    def make_norm(channels: int, stream: bool) -> nn.Module:
-        keep = scaled(base_width, scale) * channels // base_width
-        mask = streams.setdefault(channels, ChannelMask(channels, keep)) if stream else ChannelMask(channels, keep)
+    def make_norm(channels: int, stream) -> nn.Module:
+        if isinstance(stream, tuple):
+            mask = ConcatMask([shared.setdefault(key, new(c)) for key, c in stream])
+        else:
+            mask = shared.setdefault(channels, new(channels)) if stream else new(channels)
         return MaskedBatchNorm2d(channels, mask)
 
     return make_norm
+
+
+def keep_map(full: nn.Module, small: nn.Module) -> dict[int, int]:
+    """Channels of each conv output in the full network -> in the S-Dense one (the same network at width r), walking
+    both convs in order; one full width must map to one S-Dense width (else a ValueError)."""
+    out: dict[int, int] = {}
+    convs = [[m for m in net.modules() if isinstance(m, nn.Conv2d)] for net in (full, small)]
+    for big, little in zip(*convs):
+        if out.setdefault(big.out_channels, little.out_channels) != little.out_channels:
+            raise ValueError(f"layers of {big.out_channels} channels have S-Dense widths {out[big.out_channels]} and "
+                             f"{little.out_channels}; choose another base width")
+    return out
 
 
 def masks(model: nn.Module) -> list[ChannelMask]:
@@ -106,7 +141,10 @@ def weight_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def _producers(model: nn.Module) -> dict[int, list[nn.Conv2d]]:
-    """id(mask) -> the convs whose output it masks (each conv is followed by its MaskedBatchNorm2d)."""
+    """id(mask) -> the convs whose output it masks: the backbone's `mask_producers` (pre-activation networks), or,
+    for post-activation ones (ResNet-18, VGG-16), each conv followed by its MaskedBatchNorm2d."""
+    if hasattr(model, "mask_producers"):
+        return model.mask_producers()
     out: dict[int, list[nn.Conv2d]] = {}
     previous = None
     for m in model.modules():
@@ -130,34 +168,30 @@ def init_scores_from_weights(model: nn.Module) -> None:
         mask.scores.copy_(torch.stack(parts).mean(0))
 
 
-def _copy(conv: nn.Conv2d, bn: MaskedBatchNorm2d, small_conv: nn.Conv2d, small_bn: nn.BatchNorm2d,
-          kept_in: torch.Tensor) -> torch.Tensor:
-    """Copy the kept part of conv + bn into their compact counterparts; returns the kept output channels."""
-    keep = bn.mask.kept()
-    small_conv.weight.copy_(conv.weight[keep][:, kept_in])
-    for attr in ("weight", "bias", "running_mean", "running_var"):
-        getattr(small_bn, attr).copy_(getattr(bn, attr)[keep])
-    small_bn.num_batches_tracked.copy_(bn.num_batches_tracked)
-    return keep
+def copy_kept(conv: nn.Conv2d | None, bn: MaskedBatchNorm2d | None, small_conv: nn.Conv2d | None,
+              small_bn: nn.BatchNorm2d | None, kept_in: torch.Tensor, kept_out: torch.Tensor | None = None
+              ) -> torch.Tensor:
+    """Copy the kept part of conv (its `kept_out` outputs, by default its BatchNorm's mask's, and `kept_in` inputs)
+    and of bn (its own mask's channels) into their compact counterparts; returns the conv's kept outputs. Either
+    may be None (a pre-activation network's BatchNorm reads what several convs wrote)."""
+    if kept_out is None:
+        kept_out = bn.mask.kept()
+    if conv is not None:
+        small_conv.weight.copy_(conv.weight[kept_out][:, kept_in])
+    if bn is not None:
+        keep = bn.mask.kept()
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            getattr(small_bn, attr).copy_(getattr(bn, attr)[keep])
+        small_bn.num_batches_tracked.copy_(bn.num_batches_tracked)
+    return kept_out
 
 
 @torch.no_grad()
 def compact(model: nn.Module) -> nn.Module:
     """The network without its removed channels: an S-Dense model holding the kept weights, which computes the
-    same outputs (tested). Follows the ResNet's wiring: a block's first conv and its shortcut read the block's
-    input (the previous stream), its second conv reads the first one's kept channels."""
+    same outputs (tested). Each backbone's `copy_kept` follows its own wiring."""
     from . import create_model
 
-    backbone, scale, num_classes, base_width = model.sparse_spec  # set by create_model
-    small = create_model(backbone, "s-dense", scale, num_classes=num_classes, base_width=base_width)
-    stream = _copy(model.stem[0], model.stem[1], small.stem[0], small.stem[1], torch.arange(model.stem[0].in_channels))
-    for big_stage, small_stage in zip(model.layers, small.layers):
-        for big, little in zip(big_stage, small_stage):
-            inner = _copy(big.conv1, big.bn1, little.conv1, little.bn1, stream)
-            out = _copy(big.conv2, big.bn2, little.conv2, little.bn2, inner)
-            if len(big.shortcut):
-                _copy(big.shortcut[0], big.shortcut[1], little.shortcut[0], little.shortcut[1], stream)
-            stream = out
-    small.fc.weight.copy_(model.fc.weight[:, stream])
-    small.fc.bias.copy_(model.fc.bias)
+    small = create_model(**model.sparse_spec)  # the S-Dense twin (set by create_model)
+    model.copy_kept(small)
     return small.to(next(model.parameters()).device).train(model.training)
