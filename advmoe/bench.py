@@ -236,6 +236,22 @@ def config(spec) -> tuple:
             spec.batch_size, spec.placement, spec.gate, spec.top_k, spec.dataset)
 
 
+def load_factor(seconds: dict[tuple, float], anchor, preset: str = "cpu") -> float:
+    """How loaded this machine was during `iteration_seconds` rounds that also timed `anchor` (the Robust Experts
+    chapter's AT (Dense), PGD-7): its seconds here over those stored in results/bench/robust-experts-cost-<preset>.json
+    (an idle machine); 1 when none is stored. Printed, with both times."""
+    from .data import REPO
+    from .io import read_json
+
+    stored = read_json(REPO / "results" / "bench" / f"robust-experts-cost-{preset}.json")
+    idle = next((r["seconds_per_iteration"] for r in (stored or {}).get("rows", []) if r["model"] == "AT (Dense)"),
+                None)
+    here = seconds[config(anchor)]
+    print(f"load factor {here / idle if idle else 1.0:.2f} (AT (Dense) PGD-7: {here:.2f} s here, "
+          f"{idle or float('nan'):.2f} s stored)")
+    return here / idle if idle else 1.0
+
+
 def iteration_seconds(specs: list, repeats: int = 3, progress: bool = True) -> dict[tuple, float]:
     """Median seconds of one training iteration of each distinct `config` among `specs`, on random inputs, all timed
     in this process in interleaved rounds (drift in the machine's speed hits every configuration alike; the

@@ -16,7 +16,7 @@ from advmoe import bench, cells, numerics, robust
 from advmoe import experiments as ex
 from advmoe.data import REPO
 from advmoe.flops import gflops
-from advmoe.io import atomic_write_json, read_json
+from advmoe.io import atomic_write_json
 
 # (dataset, backbone, base width): the paper's widths times 1/8, 1/4, 1/2 or 1, where the facts file's FLOPs
 # estimate (../shared/papers/advmoe-backbones-facts.md Sec. 4) leaves a cell within a few cpu hours
@@ -52,12 +52,7 @@ def main() -> None:
     anchor = robust.spec("cpu", "dense")
     seconds = bench.iteration_seconds([anchor, *(s for row in specs.values() for s in row.values())],
                                       repeats=args.repeats)
-    stored = read_json(REPO / "results" / "bench" / "robust-experts-cost-cpu.json")
-    idle = next((r["seconds_per_iteration"] for r in (stored or {}).get("rows", []) if r["model"] == "AT (Dense)"),
-                None)
-    load = seconds[bench.config(anchor)] / idle if idle else 1.0
-    print(f"load factor {load:.2f} (AT (Dense) PGD-7: {seconds[bench.config(anchor)]:.2f} s here, "
-          f"{idle or float('nan'):.2f} s stored)")
+    load = bench.load_factor(seconds, anchor, "cpu")
     iterations = IMAGES // 128
     rows = []
     for (dataset, backbone, width), row in specs.items():

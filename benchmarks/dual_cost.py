@@ -18,7 +18,7 @@ from advmoe import bench, dual, numerics, robust
 from advmoe.attacks import pgd
 from advmoe.data import REPO
 from advmoe.experiments import model_for, provenance, resolve_device
-from advmoe.io import atomic_write_json, read_json
+from advmoe.io import atomic_write_json
 from advmoe.models import DualModel, soft_routing
 
 
@@ -44,12 +44,7 @@ def main() -> None:
     specs = {label: dual.model_spec(args.preset, label) for label in dual.MODELS}
     anchor = robust.spec(args.preset, "dense")
     seconds = bench.iteration_seconds([*specs.values(), anchor], repeats=args.repeats)
-    stored = read_json(REPO / "results" / "bench" / f"robust-experts-cost-{args.preset}.json")
-    idle = next((r["seconds_per_iteration"] for r in (stored or {}).get("rows", []) if r["model"] == "AT (Dense)"),
-                None)
-    load = seconds[bench.config(anchor)] / idle if idle else 1.0
-    print(f"load factor {load:.2f} (AT (Dense) PGD-7: {seconds[bench.config(anchor)]:.2f} s here, "
-          f"{idle or float('nan'):.2f} s stored)")
+    load = bench.load_factor(seconds, anchor, args.preset)
     rows = []
     for label, spec in specs.items():
         per_iteration = seconds[bench.config(spec)]
