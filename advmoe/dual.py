@@ -394,6 +394,25 @@ def components(records: list[dict]):
                          for r in records if "chapter" in r for f in [r["metrics"]["final"]]])
 
 
+def routing_note(records: list[dict]) -> str:
+    """One paragraph for a page: how each model's router spreads the clean test images over its experts, and, where
+    every model sends (nearly) all of them to one expert, what that means for RA-E and D1."""
+    rows = [(r["label"], r["seed"], r["chapter"]["routing"]) for r in records if "chapter" in r]
+    if not rows:
+        return ""
+    share = [max(h) / max(1, sum(h)) for _, _, h in rows]
+    text = ("**Where the router sends the clean test images** (images per expert): " +
+            "; ".join(f"{label} seed {seed}: {h}" for label, seed, h in rows) + ".")
+    if min(share) >= 0.99:
+        text += (f" Every model sends at least {100 * min(share):.0f}% of them to a single expert: the router has "
+                 "collapsed onto one expert, as a top-1 router without a balancing loss may (neither the paper nor "
+                 "its code has one), and each MoE is in effect one ResNet-18 behind a router that rarely changes its "
+                 "choice. Its RA-E then equals its RA, and D1's comparison is between that one network and a router "
+                 "whose choice an attack seldom moves: true here, but not the experts-against-router contrast of an "
+                 "MoE that uses its experts.")
+    return text
+
+
 def summary(table, paper_row: str | None = "RT-ER MoE"):
     """Per model (from `components`): mean ± SD over seeds of each column, the paper's RT-ER numbers in brackets."""
     import pandas as pd
