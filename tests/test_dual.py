@@ -63,7 +63,7 @@ def test_the_book_reads_only_the_stored_cpu_seeds_and_names_the_rest():
 def test_the_routing_note_says_when_every_router_collapsed_onto_one_expert():
     record = lambda routing: {"label": "ST MoE", "seed": 0, "chapter": {"routing": routing}}
     collapsed = dual.routing_note([record([1000, 0, 0, 0]), record([0, 995, 5, 0])])
-    assert "ST MoE seed 0: [1000, 0, 0, 0]" in collapsed and "at least 99% of them to a single expert" in collapsed
+    assert "ST MoE seed 0: [1000, 0, 0, 0]" in collapsed and "at least 99.5% of them to a single expert" in collapsed
     spread = dual.routing_note([record([1000, 0, 0, 0]), record([400, 300, 200, 100])])
     assert "[400, 300, 200, 100]" in spread and "collapsed" not in spread
     assert dual.routing_note([{"label": "JTDMoE", "seed": 0}]) == ""
