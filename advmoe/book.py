@@ -31,6 +31,8 @@ PAGES = ["notebooks/tab1_overall.ipynb", "notebooks/fig1_overview.ipynb", "noteb
          "notebooks/audit_robustness.ipynb",
          "notebooks/re_grid.ipynb", "notebooks/re_placement.ipynb", "notebooks/re_collapse.ipynb",
          "notebooks/re_experts.ipynb", "notebooks/re_tradeoff.ipynb",
+         "notebooks/dm_vulnerability.ipynb", "notebooks/dm_rt_er.ipynb", "notebooks/dm_alpha.ipynb",
+         "notebooks/dm_jtdmoe.ipynb", "notebooks/dm_certified.ipynb",
          "book/claims.ipynb", "book/intro.ipynb", "book/verdicts.ipynb", "book/reproduce.ipynb",
          "book/status.ipynb"]  # the ledger, the landing page and status read what the others wrote: last
 

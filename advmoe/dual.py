@@ -65,7 +65,7 @@ def settings(preset: str) -> dict:
 
 
 def describe(preset: str) -> str:
-    """One line for a page: what the preset trains and how it attacks."""
+    """One line for a page: what the preset trains and how it attacks, its seeds in the book and what is not yet."""
     cfg = settings(preset)
     s = cfg["spec"]
     images = lambda n, what: f"{n:,} {what} images" if n else f"every {what} image"
@@ -74,7 +74,8 @@ def describe(preset: str) -> str:
             f"lr {s['lr']:g}, training attack PGD-{s['train_steps']} (eps 8/255, step 2/255), beta = {s['beta']:g}; "
             f"evaluated with PGD-{s['eval_steps']} on {images(s['test_subset'], 'test')}, AutoAttack and the worst "
             f"case on {images(ex.autoattack_settings(preset)[1], 'test')}; the alpha sweep's PGD on "
-            f"{images(cfg['n_sweep'], 'test')}, its worst case on {images(cfg['n_worst'], 'test')}.")
+            f"{images(cfg['n_sweep'], 'test')}, its worst case on {images(cfg['n_worst'], 'test')}; seeds "
+            f"{', '.join(map(str, book_seeds(preset)))}. {pending(preset)}").strip()
 
 
 def spec(preset: str, kind: str = "network-moe", method: str = "standard", seed: int = 0,
@@ -105,6 +106,32 @@ ABLATIONS = {
 PAIR = ("ST MoE", "RT-ER MoE")  # the separately trained dual model: (F_S, F_R)
 
 
+# The cpu preset's units in the book so far: a seed enters when the units of all four `MODELS` at it are stored, the
+# ablations when all four of theirs are (`benchmarks/units.py dual --more` computes the rest; `pending` names them).
+# Every other preset reads, and computes, all of them.
+CPU_BOOK = dict(seeds=(0, 1), ablations=False)
+
+
+def book_seeds(preset: str) -> tuple[int, ...]:
+    return CPU_BOOK["seeds"] if preset == "cpu" else ex.preset_seeds(preset)
+
+
+def book_ablations(preset: str) -> bool:
+    return CPU_BOOK["ablations"] if preset == "cpu" else True
+
+
+def pending(preset: str) -> str:
+    """One sentence for a page: the preset's models not yet in the book and the command that computes them ("" if
+    none)."""
+    seeds = [s for s in ex.preset_seeds(preset) if s not in book_seeds(preset)]
+    missing = ([f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} of every model"] if seeds else [])
+    missing += [] if book_ablations(preset) else ["the ablations (beta = 1, 3, 9 and the frozen router)"]
+    if not missing:
+        return ""
+    return (f"Not yet in the book at the {preset} preset: {' and '.join(missing)}; "
+            f"`python benchmarks/units.py dual --preset {preset} --more` computes them.")
+
+
 def model_spec(preset: str, label: str, seed: int = 0) -> ex.ExperimentSpec:
     kind, fields = {**MODELS, **ABLATIONS}[label]
     return spec(preset, kind, seed=seed, **fields)
@@ -117,6 +144,11 @@ def plan(preset: str, ablations: bool = True) -> list[ex.ExperimentSpec]:
     out = [model_spec(preset, PAIR[0], s) for s in seeds]
     out += [model_spec(preset, label, s) for s in seeds for label in MODELS if label != PAIR[0]]
     return out + ([model_spec(preset, label, seeds[0]) for label in ABLATIONS] if ablations else [])
+
+
+def book_plan(preset: str) -> list[ex.ExperimentSpec]:
+    """The models of `plan` the book's pages read at `preset` (`book_seeds`, `book_ablations`)."""
+    return [s for s in plan(preset, book_ablations(preset)) if s.seed in book_seeds(preset)]
 
 
 def _name(spec_: ex.ExperimentSpec, what: str, partner: ex.ExperimentSpec | None = None) -> str:
@@ -274,9 +306,9 @@ def unit(spec_: ex.ExperimentSpec, device: str = "cpu", root: Path | None = None
 
 def precompute(preset: str, device: str = "cpu", jobs: int = 1, progress: bool = True, specs: list | None = None,
                on_done=None) -> None:
-    """Train and evaluate every model of `plan` (or `specs`) that is not stored yet, `jobs` at a time: the standard
-    MoEs first (each is the F_S its seed's pair sweep reads; `get_many` starts the longest units first)."""
-    specs = plan(preset) if specs is None else specs
+    """Train and evaluate every model of `book_plan` (or `specs`) that is not stored yet, `jobs` at a time: the
+    standard MoEs first (each is the F_S its seed's pair sweep reads; `get_many` starts the longest units first)."""
+    specs = book_plan(preset) if specs is None else specs
     first = [s for s in specs if s.method == "standard"]
     for stage in (first, [s for s in specs if s not in first]):
         if stage:
@@ -291,14 +323,14 @@ PAPER_RT_ER = {"sa": 77.81, "ra": 69.09, "ra_e": 75.71, "ra_r": 72.28, "ra_aa": 
 
 def records(preset: str, device: str = "cpu", recompute: bool = False, seeds: tuple[int, ...] | None = None,
             models: dict | None = None) -> list[dict]:
-    """One record per model (`MODELS`, or `models`) and seed (the preset's, or `seeds`): its metrics with RA-AA and
+    """One record per model (`MODELS`, or `models`) and seed (`book_seeds`, or `seeds`): its metrics with RA-AA and
     the worst case (`report.with_autoattack`), this chapter's evaluation ("chapter", for a network MoE) and alpha
     sweep ("sweep": JTDMoE's own, the pair's in the record of its F_R). Missing units are computed."""
     from .report import with_autoattack
 
     out = []
     for label in (MODELS if models is None else models):
-        for seed in ex.preset_seeds(preset) if seeds is None else seeds:
+        for seed in book_seeds(preset) if seeds is None else seeds:
             s = model_spec(preset, label, seed)
             unit(s, device, recompute=recompute, progress=False)
             rec = with_autoattack([dict(label=label, seed=seed, metrics=ex.load(s), spec=s)], device, False)[0]
@@ -313,7 +345,9 @@ def records(preset: str, device: str = "cpu", recompute: bool = False, seeds: tu
 
 
 def ablation_records(preset: str, device: str = "cpu", recompute: bool = False) -> list[dict]:
-    """`records` of the ablations (`ABLATIONS`), the preset's first seed."""
+    """`records` of the ablations (`ABLATIONS`), the preset's first seed; none while they are not in the book."""
+    if not book_ablations(preset):
+        return []
     return records(preset, device, recompute, seeds=ex.preset_seeds(preset)[:1], models=ABLATIONS)
 
 
@@ -358,6 +392,25 @@ def components(records: list[dict]):
                                  "RA-R": 100 * r["chapter"]["components"]["router"]["ra"],
                                  "RA-AA": 100 * f["ra_aa"], "RA worst case": 100 * f["ra_worst"]})
                          for r in records if "chapter" in r for f in [r["metrics"]["final"]]])
+
+
+def routing_note(records: list[dict]) -> str:
+    """One paragraph for a page: how each model's router spreads the clean test images over its experts, and, where
+    every model sends (nearly) all of them to one expert, what that means for RA-E and D1."""
+    rows = [(r["label"], r["seed"], r["chapter"]["routing"]) for r in records if "chapter" in r]
+    if not rows:
+        return ""
+    share = [max(h) / max(1, sum(h)) for _, _, h in rows]
+    text = ("**Where the router sends the clean test images** (images per expert): " +
+            "; ".join(f"{label} seed {seed}: {h}" for label, seed, h in rows) + ".")
+    if min(share) >= 0.99:
+        text += (f" Every model sends at least {100 * min(share):.1f}% of them to a single expert: the router has "
+                 "collapsed onto one expert, as a top-1 router without a balancing loss may (neither the paper nor "
+                 "its code has one), and each MoE is in effect one ResNet-18 behind a router that rarely changes its "
+                 "choice. Its RA-E then equals its RA, and D1's comparison is between that one network and a router "
+                 "whose choice an attack seldom moves: true here, but not the experts-against-router contrast of an "
+                 "MoE that uses its experts.")
+    return text
 
 
 def summary(table, paper_row: str | None = "RT-ER MoE"):

@@ -12,14 +12,14 @@ import re
 from pathlib import Path
 
 from . import experiments as ex
-from . import paper, robust
+from . import dual, paper, robust
 from .data import REPO
 from .report import Verdict, combine, load_verdicts
 
 PAPERS = [  # every paper the book is a companion to, with its claims (empty: no chapter yet)
     dict(key="advmoe", title="AdvMoE (Zhang et al., ICCV 2023)", claims=paper.CLAIMS),
     dict(key="robust-experts", title="Robust Experts (Pavlitska et al., 2025)", claims=robust.CLAIMS),
-    dict(key="dual-model", title="Dual-model MoE (Zhang, Xu, Hu, Wang, ICML 2025)", claims=[]),
+    dict(key="dual-model", title="Dual-model MoE (Zhang, Xu, Hu, Wang, ICML 2025)", claims=dual.CLAIMS),
 ]
 STATUSES = ("reproduced", "not reproduced", "inconclusive", "not run", "not yet covered")
 DECIDED = ("reproduced", "not reproduced")

@@ -164,6 +164,14 @@ def test_bad_backbone_arguments_fail_before_compute(kwargs, needle):
     assert needle in str(e.value)
 
 
+def test_densenets_growth_layer_of_0_channels_is_refused_by_the_argument_check():
+    from advmoe.models import check_model_args
+
+    check_model_args("densenet", "s-dense", 0.5, 1, "per-layer", base_width=4)  # growth 12 -> 1 channel
+    with pytest.raises(ValueError, match=r"0 channels \(paper width 12\)"):  # the stem (24) keeps 1 channel
+        check_model_args("densenet", "s-dense", 0.2, 1, "per-layer", base_width=4)
+
+
 def test_vit_count_matches_the_known_sizes_of_deit_tiny_and_vit_base():
     from advmoe.flops import vit_gmacs
 

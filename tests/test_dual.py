@@ -44,6 +44,31 @@ def test_the_plan_trains_each_standard_moe_before_the_pair_that_reads_it():
     assert len(dual.plan("cpu", ablations=False)) == len(seeds) * len(dual.MODELS)
 
 
+def test_the_book_reads_only_the_stored_cpu_seeds_and_names_the_rest():
+    seeds = dual.book_seeds("cpu")
+    assert dual.book_seeds("smoke") == ex.preset_seeds("smoke") and dual.book_plan("smoke") == dual.plan("smoke")
+    for spec in dual.book_plan("cpu"):  # stored, with the chapter's evaluation: CI executes the pages at cpu
+        evaluations = {p.name.split("-")[2] for p in ex.result_dir(spec).glob("dual-model-*.json")}
+        wanted = {"joint"} if spec.kind == "dual-moe" else (
+            {"components", "pair"} if spec == dual.model_spec("cpu", dual.PAIR[1], spec.seed) else {"components"})
+        assert (ex.result_dir(spec) / "metrics.json").is_file() and wanted <= evaluations, spec.name
+    assert {s.seed for s in dual.book_plan("cpu")} == set(seeds)
+    missing = [s for s in ex.preset_seeds("cpu") if s not in seeds]
+    note = dual.pending("cpu")
+    assert (note == "") == (not missing and dual.book_ablations("cpu"))
+    assert all(f"{s}" in note for s in missing) and ("--more" in note or not note)
+    assert note in dual.describe("cpu")
+
+
+def test_the_routing_note_says_when_every_router_collapsed_onto_one_expert():
+    record = lambda routing: {"label": "ST MoE", "seed": 0, "chapter": {"routing": routing}}
+    collapsed = dual.routing_note([record([1000, 0, 0, 0]), record([0, 995, 5, 0])])
+    assert "ST MoE seed 0: [1000, 0, 0, 0]" in collapsed and "at least 99.5% of them to a single expert" in collapsed
+    spread = dual.routing_note([record([1000, 0, 0, 0]), record([400, 300, 200, 100])])
+    assert "[400, 300, 200, 100]" in spread and "collapsed" not in spread
+    assert dual.routing_note([{"label": "JTDMoE", "seed": 0}]) == ""
+
+
 def test_the_blend_at_the_end_points_is_one_moe():
     torch.manual_seed(0)
     spec = dual.model_spec("smoke", "JTDMoE")

@@ -15,7 +15,7 @@ from .moe import (MoEConv2d, Router, RoutedNet, Routes, SharedRouter, backbone_p
                   fixed_routing, forced_expert, moe_layers, record_routing, router_parameters,
                   soft_routing)
 from .netmoe import DualModel, NetworkMoE, check_alpha
-from .densenet import densenet
+from .densenet import PAPER_WIDTHS as DENSENET_WIDTHS, densenet
 from .resnet import STEMS, resnet18
 from .vgg import vgg16
 from .wrn import wrn28_10
@@ -25,6 +25,7 @@ from .sparse import (compact, init_scores_from_weights, keep_map, mask_factory, 
 
 # name -> (constructor, the paper's base width: its first conv's channels). "densenet" is DenseNet-BC-40, k = 12.
 BACKBONES = {"resnet18": (resnet18, 64), "wrn28-10": (wrn28_10, 16), "vgg16": (vgg16, 64), "densenet": (densenet, 24)}
+NARROWEST = {"densenet": min(DENSENET_WIDTHS)}  # a paper layer narrower than the base width: DenseNet's growth rate
 TOPK_BACKBONES = ("resnet18",)  # Robust Experts' placements name ResNet-18's stages
 KINDS = ("dense", "s-dense", "moe", "sparse")  # AdvMoE's models
 TOPK_KINDS = ("block-moe", "conv-moe")  # Robust Experts' models (`advmoe.models.topk`)
@@ -82,7 +83,7 @@ def check_model_args(backbone: str, kind: str, scale: float, n_experts: int, rou
     if base_width is not None and (not isinstance(base_width, int) or base_width < 1):
         raise ValueError(f"base_width must be a positive integer, got {base_width!r}")
     if isinstance(scale, (int, float)) and 0 < scale <= 1:
-        width_function(backbone, base_width, scale)(BACKBONES[backbone][1])  # the narrowest layer is a rounded base
+        width_function(backbone, base_width, scale)(NARROWEST.get(backbone, BACKBONES[backbone][1]))
 
 
 def create_model(backbone: str, kind: str, scale: float = 1.0, n_experts: int = 2, num_classes: int = 10,
