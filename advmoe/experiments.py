@@ -678,7 +678,7 @@ def _task_in_worker(args) -> dict:
 def get_many(specs: list[ExperimentSpec], device: str = "cpu", root: Path | None = None, recompute: bool = False,
              progress: bool = True, jobs: int = 1, on_done=None, task=None) -> list[dict]:
     """`get` (or another task with get's arguments, such as `audit.audit`) for several specs; with jobs > 1,
-    in that many single-process workers sharing the CPU cores.
+    in that many single-process workers sharing the CPU cores; under `cluster.executor("ray")`, as Ray tasks.
 
     On a 2-core CPU, two one-thread workers train about 25% more images per second than one two-thread
     process (small convolutions parallelise poorly). The thread count is part of the provenance: results
@@ -686,6 +686,10 @@ def get_many(specs: list[ExperimentSpec], device: str = "cpu", root: Path | None
     """
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+    from . import cluster
+
+    if cluster.active() is not None:  # --executor ray: every unit a Ray task (the device is the workers')
+        return cluster.run_units(specs, task or get, device, root, recompute, progress, on_done)
     resolve_device(device)
     parents = {s.parent.hash: s.parent for s in specs if s.parent is not None}
     if parents:  # chains: parents first, each once (two workers never train a shared parent at the same time)
