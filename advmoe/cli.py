@@ -16,6 +16,7 @@ import time
 
 from . import cluster
 from . import data as datalib
+from . import distributed
 from . import experiments as ex
 from . import numerics
 
@@ -49,6 +50,8 @@ def _specs(args, every: bool = False) -> list[ex.ExperimentSpec]:
 def cmd_run(args) -> int:
     specs = _specs(args)
     ex.resolve_device(args.device)
+    if distributed.launched() > 1:
+        return _run_distributed(args, specs)
     t0 = time.perf_counter()
     print(f"{len(specs)} experiment(s), {args.jobs} at a time: " + ", ".join(s.name for s in specs), flush=True)
 
@@ -62,6 +65,36 @@ def cmd_run(args) -> int:
     ex.get_many(specs, args.device, recompute=args.recompute, progress=not args.no_progress, jobs=args.jobs,
                 on_done=report)
     print(f"done: {len(specs)} experiment(s) in {time.perf_counter() - t0:.0f}s", flush=True)
+    return 0
+
+
+def _run_distributed(args, specs: list[ex.ExperimentSpec]) -> int:
+    """One experiment trained by the processes torchrun started (`advmoe.distributed`); rank 0 reports."""
+    if len(specs) != 1:
+        raise ValueError(f"torchrun trains one experiment at a time; --only selects {len(specs)}: name one of "
+                         f"{', '.join(s.name for s in specs[:4])}{', ...' if len(specs) > 4 else ''}")
+    spec = specs[0]
+    if args.executor != "local" or args.jobs != 1:
+        raise ValueError("torchrun runs one experiment over its processes: drop --executor and --jobs")
+    if spec.parent is not None and not (ex.result_dir(spec.parent) / "metrics.json").is_file():
+        raise ValueError(f"train its parent first: advmoe run --preset {args.preset} --only {spec.parent.name}")
+    distributed.setup(args.device)
+    try:
+        distributed.check_batch(spec.batch_size)
+        if args.recompute and distributed.is_main():
+            for f in ("checkpoint.pt", "metrics.json"):
+                (ex.result_dir(spec) / f).unlink(missing_ok=True)
+        distributed.barrier()
+        stored = (ex.result_dir(spec) / "metrics.json").is_file()
+        if not stored:
+            ex.run(spec, args.device, progress=not args.no_progress and distributed.is_main())
+        if distributed.is_main():
+            m = ex.load(spec)
+            print(f"{spec.name} ({spec.hash}) on {distributed.world()[1]} processes: SA {100 * m['final']['sa']:.2f}  "
+                  f"RA(PGD-{spec.eval_steps}) {100 * m['final']['ra']:.2f}  train "
+                  f"{m['provenance']['train_seconds_total']:.0f}s{' (stored)' if stored else ''}", flush=True)
+    finally:
+        distributed.teardown()
     return 0
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from . import data as datalib
-from . import numerics
+from . import distributed, numerics
 from .attacks import check_attack
 from .evaluate import evaluate
 from .io import atomic_write_json, file_sha256, read_json, state_sha256
@@ -410,11 +410,13 @@ def run(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, pro
         model = model_for(spec).to(dev)
         if parent is not None:
             start_from(model, parent, spec)
-        for pattern in (*EVALUATIONS, ".*.tmp"):  # evaluations of an earlier model; temp files of a killed write
-            for stale in out.glob(pattern):
-                stale.unlink()
+        for pattern in (*EVALUATIONS, ".*.tmp") if distributed.is_main() else ():  # evaluations of an earlier
+            for stale in out.glob(pattern):                                          # model; temp files of a killed
+                stale.unlink()                                                        # write
         history = train(spec, model, train_data, test_data, out, dev, progress, position,
                         track=trajectory_settings(spec.preset))
+        if not distributed.is_main():  # under torchrun rank 0 evaluates and writes (`advmoe.distributed`)
+            return {}
         t1 = time.perf_counter()
         final = evaluate(model, test_data, spec, dev, progress)
         t2 = time.perf_counter()
@@ -428,7 +430,8 @@ def run(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, pro
                  "train_sha256": train_data.fingerprint(), "test_sha256": test_data.fingerprint()},
         "checkpoint_sha256": file_sha256(out / "checkpoint.pt"),  # the file (detects damage)
         "model_sha256": state_sha256(model.state_dict()),  # the trained weights (what `advmoe verify` compares)
-        "provenance": {**started, "train_seconds_this_call": t1 - t0, "eval_seconds": t2 - t1,
+        "provenance": {**started, **({"processes": distributed.world()[1]} if distributed.world()[1] > 1 else {}),
+                       "train_seconds_this_call": t1 - t0, "eval_seconds": t2 - t1,
                        "train_seconds_total": sum(h["seconds"] for h in history),
                        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
     }
