@@ -11,7 +11,7 @@ JOBS    ?= $(if $(filter cpu,$(DEVICE)),2,1)
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e ".[book,test]"
+	$(VENV)/bin/pip install -q -e ".[book,test,cluster]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .distributed import random_like
 from .io import bits
 from .losses import kl_from_logits
 
@@ -65,7 +66,7 @@ def pgd_iterates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
                 target = model(x)
         delta = torch.zeros_like(x)
         if random_start and eps > 0:
-            delta = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype).mul_(2 * eps).sub_(eps)
+            delta = random_like(x, generator).mul_(2 * eps).sub_(eps)  # torch.rand (distributed: see there)
         x_adv = (x + delta).clamp_(0, 1)
         fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         kept = x_adv.clone()

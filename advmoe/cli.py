@@ -14,7 +14,9 @@ import signal
 import sys
 import time
 
+from . import cluster
 from . import data as datalib
+from . import distributed
 from . import experiments as ex
 from . import numerics
 
@@ -48,6 +50,8 @@ def _specs(args, every: bool = False) -> list[ex.ExperimentSpec]:
 def cmd_run(args) -> int:
     specs = _specs(args)
     ex.resolve_device(args.device)
+    if distributed.launched() > 1:
+        return _run_distributed(args, specs)
     t0 = time.perf_counter()
     print(f"{len(specs)} experiment(s), {args.jobs} at a time: " + ", ".join(s.name for s in specs), flush=True)
 
@@ -61,6 +65,36 @@ def cmd_run(args) -> int:
     ex.get_many(specs, args.device, recompute=args.recompute, progress=not args.no_progress, jobs=args.jobs,
                 on_done=report)
     print(f"done: {len(specs)} experiment(s) in {time.perf_counter() - t0:.0f}s", flush=True)
+    return 0
+
+
+def _run_distributed(args, specs: list[ex.ExperimentSpec]) -> int:
+    """One experiment trained by the processes torchrun started (`advmoe.distributed`); rank 0 reports."""
+    if len(specs) != 1:
+        raise ValueError(f"torchrun trains one experiment at a time; --only selects {len(specs)}: name one of "
+                         f"{', '.join(s.name for s in specs[:4])}{', ...' if len(specs) > 4 else ''}")
+    spec = specs[0]
+    if args.executor != "local" or args.jobs != 1:
+        raise ValueError("torchrun runs one experiment over its processes: drop --executor and --jobs")
+    if spec.parent is not None and not (ex.result_dir(spec.parent) / "metrics.json").is_file():
+        raise ValueError(f"train its parent first: advmoe run --preset {args.preset} --only {spec.parent.name}")
+    distributed.setup(args.device)
+    try:
+        distributed.check_batch(spec.batch_size)
+        if args.recompute and distributed.is_main():
+            for f in ("checkpoint.pt", "metrics.json"):
+                (ex.result_dir(spec) / f).unlink(missing_ok=True)
+        distributed.barrier()
+        stored = (ex.result_dir(spec) / "metrics.json").is_file()
+        if not stored:
+            ex.run(spec, args.device, progress=not args.no_progress and distributed.is_main())
+        if distributed.is_main():
+            m = ex.load(spec)
+            print(f"{spec.name} ({spec.hash}) on {distributed.world()[1]} processes: SA {100 * m['final']['sa']:.2f}  "
+                  f"RA(PGD-{spec.eval_steps}) {100 * m['final']['ra']:.2f}  train "
+                  f"{m['provenance']['train_seconds_total']:.0f}s{' (stored)' if stored else ''}", flush=True)
+    finally:
+        distributed.teardown()
     return 0
 
 
@@ -226,6 +260,16 @@ def parser() -> argparse.ArgumentParser:
                        help="override experiment settings, e.g. --set epochs=4 test_subset=500 (results are stored "
                             "under their own hash)")
 
+    def with_executor(q):
+        q.add_argument("--executor", choices=cluster.EXECUTORS, default="local",
+                       help="local: this machine (--jobs at a time); ray: every unit (one model: its training and "
+                            "evaluations) as a Ray task (default: local; pip install -e .[cluster])")
+        q.add_argument("--address", help="the Ray cluster: auto (the one this node is in) or host:port or "
+                                         "ray://host:port (default: a local Ray instance, loopback only)")
+        q.add_argument("--gpus-per-run", type=float, default=0.0,
+                       help="GPUs per unit on Ray; a fraction lets several small trainings share one (default 0)")
+        q.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs per unit on Ray (default 1)")
+
     def with_compute(q, what=None):
         q.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
         if what:
@@ -233,6 +277,7 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--jobs", type=_at_least(1), default=1,
                        help="experiments at once, each on cores/jobs threads (default 1; 2 is ~25%% faster "
                             "on a 2-core CPU)")
+        with_executor(q)
         q.add_argument("--no-progress", action="store_true", help="hide the progress bars")
         q.add_argument("--native-numerics", action="store_true",
                        help="let torch pick this CPU's fastest kernels and threads instead of the pinned, "
@@ -286,6 +331,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     q.add_argument("--recompute", action="store_true", help="retrain and re-evaluate instead of loading results")
     q.add_argument("--jobs", type=_at_least(1), default=1, help="experiments trained at once when some must be (default 1)")
+    with_executor(q)
     q.add_argument("--pages", nargs="*", help="execute only these notebooks (paths from the repository root)")
     q.add_argument("--no-execute", action="store_true", help="only build the site from the stored notebooks")
     q.add_argument("--no-build", action="store_true", help="only execute the notebooks")
@@ -310,7 +356,20 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[ex.ALLOW_DIRTY] = "1"
     try:
         numerics.check()
-        return args.func(args)
+        executor = getattr(args, "executor", "local")
+        settings = (getattr(args, "address", None), getattr(args, "gpus_per_run", 0.0),
+                    getattr(args, "cpus_per_run", 1.0), getattr(args, "device", "cpu"))
+        if executor == "local":
+            cluster.check(executor, *settings)
+            return args.func(args)
+        if args.jobs != 1:
+            raise ValueError("--jobs runs units on this machine; on Ray, --cpus-per-run and --gpus-per-run decide "
+                             "how many run at once: drop --jobs")
+        with cluster.executor(executor, *settings):
+            return args.func(args)
+    except cluster.UnitsFailed as e:
+        print(f"advmoe: error: {e}", file=sys.stderr)
+        return 1
     except (ValueError, datalib.DataMissingError, FileNotFoundError) as e:
         print(f"advmoe: error: {e}", file=sys.stderr)
         return 2

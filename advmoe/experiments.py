@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from . import data as datalib
-from . import numerics
+from . import distributed, numerics
 from .attacks import check_attack
 from .evaluate import evaluate
 from .io import atomic_write_json, file_sha256, read_json, state_sha256
@@ -410,11 +410,13 @@ def run(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, pro
         model = model_for(spec).to(dev)
         if parent is not None:
             start_from(model, parent, spec)
-        for pattern in (*EVALUATIONS, ".*.tmp"):  # evaluations of an earlier model; temp files of a killed write
-            for stale in out.glob(pattern):
-                stale.unlink()
+        for pattern in (*EVALUATIONS, ".*.tmp") if distributed.is_main() else ():  # evaluations of an earlier
+            for stale in out.glob(pattern):                                          # model; temp files of a killed
+                stale.unlink()                                                        # write
         history = train(spec, model, train_data, test_data, out, dev, progress, position,
                         track=trajectory_settings(spec.preset))
+        if not distributed.is_main():  # under torchrun rank 0 evaluates and writes (`advmoe.distributed`)
+            return {}
         t1 = time.perf_counter()
         final = evaluate(model, test_data, spec, dev, progress)
         t2 = time.perf_counter()
@@ -428,7 +430,8 @@ def run(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, pro
                  "train_sha256": train_data.fingerprint(), "test_sha256": test_data.fingerprint()},
         "checkpoint_sha256": file_sha256(out / "checkpoint.pt"),  # the file (detects damage)
         "model_sha256": state_sha256(model.state_dict()),  # the trained weights (what `advmoe verify` compares)
-        "provenance": {**started, "train_seconds_this_call": t1 - t0, "eval_seconds": t2 - t1,
+        "provenance": {**started, **({"processes": distributed.world()[1]} if distributed.world()[1] > 1 else {}),
+                       "train_seconds_this_call": t1 - t0, "eval_seconds": t2 - t1,
                        "train_seconds_total": sum(h["seconds"] for h in history),
                        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
     }
@@ -678,7 +681,7 @@ def _task_in_worker(args) -> dict:
 def get_many(specs: list[ExperimentSpec], device: str = "cpu", root: Path | None = None, recompute: bool = False,
              progress: bool = True, jobs: int = 1, on_done=None, task=None) -> list[dict]:
     """`get` (or another task with get's arguments, such as `audit.audit`) for several specs; with jobs > 1,
-    in that many single-process workers sharing the CPU cores.
+    in that many single-process workers sharing the CPU cores; under `cluster.executor("ray")`, as Ray tasks.
 
     On a 2-core CPU, two one-thread workers train about 25% more images per second than one two-thread
     process (small convolutions parallelise poorly). The thread count is part of the provenance: results
@@ -686,6 +689,10 @@ def get_many(specs: list[ExperimentSpec], device: str = "cpu", root: Path | None
     """
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+    from . import cluster
+
+    if cluster.active() is not None:  # --executor ray: every unit a Ray task (the device is the workers')
+        return cluster.run_units(specs, task or get, device, root, recompute, progress, on_done)
     resolve_device(device)
     parents = {s.parent.hash: s.parent for s in specs if s.parent is not None}
     if parents:  # chains: parents first, each once (two workers never train a shared parent at the same time)

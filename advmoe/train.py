@@ -46,6 +46,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import data as datalib
+from . import distributed
 from .attacks import pgd
 from .evaluate import accuracy, robust_accuracy
 from .io import atomic_torch_save, load_checkpoint
@@ -53,6 +54,7 @@ from .losses import kl_from_logits, trades_loss
 from .models import (backbone_parameters, balancing_losses, init_scores_from_weights, mask_stage_parameters,
                      router_parameters)
 
+SYNCED_KINDS = ("dense", "s-dense", "moe", "sparse")  # under torchrun: BatchNorm over the global batch (`distributed`)
 METHODS = ("standard", "at", "advmoe", "at-routers", "at-backbone", "hydra-mask", "hydra-finetune", "pgd-at", "rt-er",
            "jtdmoe")
 PARTIAL = {"at-routers": router_parameters, "at-backbone": backbone_parameters,  # method -> what it trains
@@ -97,6 +99,11 @@ def optimizer_for(params: list[nn.Parameter], spec) -> torch.optim.Optimizer:
 
 
 def make_optimizers(model: nn.Module, spec) -> dict[str, torch.optim.Optimizer]:
+    """The method's optimizers; under torchrun each averages its gradients over the processes before a step."""
+    return {k: distributed.synced(o) for k, o in _optimizers(model, spec).items()}
+
+
+def _optimizers(model: nn.Module, spec) -> dict[str, torch.optim.Optimizer]:
     if spec.method == "advmoe":  # routers (phi) and backbone (psi) are optimised alternately, same lr/schedule
         return {"router": optimizer_for(router_parameters(model), spec),
                 "backbone": optimizer_for(backbone_parameters(model), spec)}
@@ -290,9 +297,13 @@ def train(spec, model: nn.Module, train_data: datalib.ImageData, test_data: data
                 torch.cuda.set_rng_state(state["cuda_rng"], device)
             history, start = state["history"], state["epoch"]
 
-    def batch(idx: torch.Tensor):
+    distributed.check_batch(spec.batch_size)
+    sync_norm = spec.kind in SYNCED_KINDS
+
+    def batch(idx: torch.Tensor):  # under torchrun: the global batch drawn and augmented as in one process, then a shard
         x = datalib.augment(train_data.images[idx], generator, crop=train_data.crop)
-        return datalib.to_float(x, device), train_data.labels[idx].to(device)
+        x, y = distributed.shard(x), distributed.shard(train_data.labels[idx])
+        return datalib.to_float(x, device), y.to(device)
 
     tracked = test_data.subset(min(track[0], len(test_data)), 0) if track else None
     for epoch in range(start, spec.epochs):
@@ -306,17 +317,22 @@ def train(spec, model: nn.Module, train_data: datalib.ImageData, test_data: data
             # AdvMoE draws a different batch for the routers: the one half an epoch away, so each example
             # serves once as a router and once as a backbone example per epoch (Appendix B).
             other = batch(batches[(i + n_iter // 2) % n_iter]) if spec.method == "advmoe" else None
-            loss, acc = iteration(model, optimizers, batch(batches[i]), other, spec)
+            with distributed.sharded(sync_norm):
+                loss, acc = iteration(model, optimizers, batch(batches[i]), other, spec)
             for s in schedulers.values():
                 s.step()
             losses.append(loss)
             accs.append(acc)
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.2f}")
+        loss, acc = distributed.mean(sum(losses) / len(losses)), distributed.mean(sum(accs) / len(accs))
+        if not distributed.is_main():  # under torchrun rank 0 evaluates and writes the checkpoint; the others wait
+            distributed.barrier()
+            continue
         history.append({
             "epoch": epoch + 1,
             "lr": next(iter(optimizers.values())).param_groups[0]["lr"],
-            "train_loss": sum(losses) / len(losses),
-            "train_accuracy": sum(accs) / len(accs),
+            "train_loss": loss,
+            "train_accuracy": acc,
             "test_sa": accuracy(model, test_data, device, progress=False),
             **({"test_ra_tracked": robust_accuracy(model, tracked, device, spec.eval_eps, spec.eval_step_size,
                                                    track[1], seed=epoch, progress=False),
@@ -330,4 +346,5 @@ def train(spec, model: nn.Module, train_data: datalib.ImageData, test_data: data
             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
             **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
         }, ckpt_path)
+        distributed.barrier()
     return history
