@@ -404,7 +404,8 @@ def routing_note(records: list[dict]) -> str:
     text = ("**Where the router sends the clean test images** (images per expert): " +
             "; ".join(f"{label} seed {seed}: {h}" for label, seed, h in rows) + ".")
     if min(share) >= 0.99:
-        text += (f" Every model sends at least {100 * min(share):.1f}% of them to a single expert: the router has "
+        most = "every one" if min(share) == 1 else f"at least {100 * min(share):.1f}%"
+        text += (f" Every model sends {most} of them to a single expert: the router has "
                  "collapsed onto one expert, as a top-1 router without a balancing loss may (neither the paper nor "
                  "its code has one), and each MoE is in effect one ResNet-18 behind a router that rarely changes its "
                  "choice. Its RA-E then equals its RA, and D1's comparison is between that one network and a router "

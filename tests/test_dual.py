@@ -64,6 +64,7 @@ def test_the_routing_note_says_when_every_router_collapsed_onto_one_expert():
     record = lambda routing: {"label": "ST MoE", "seed": 0, "chapter": {"routing": routing}}
     collapsed = dual.routing_note([record([1000, 0, 0, 0]), record([0, 995, 5, 0])])
     assert "ST MoE seed 0: [1000, 0, 0, 0]" in collapsed and "at least 99.5% of them to a single expert" in collapsed
+    assert "sends every one of them to a single expert" in dual.routing_note([record([0, 0, 12, 0])])
     spread = dual.routing_note([record([1000, 0, 0, 0]), record([400, 300, 200, 100])])
     assert "[400, 300, 200, 100]" in spread and "collapsed" not in spread
     assert dual.routing_note([{"label": "JTDMoE", "seed": 0}]) == ""
