@@ -394,13 +394,18 @@ def components(records: list[dict]):
                          for r in records if "chapter" in r for f in [r["metrics"]["final"]]])
 
 
-def routing_note(records: list[dict]) -> str:
+def routing_note(records: list[dict], short: bool = False) -> str:
     """One paragraph for a page: how each model's router spreads the clean test images over its experts, and, where
-    every model sends (nearly) all of them to one expert, what that means for RA-E and D1."""
+    every model sends (nearly) all of them to one expert, what that means for RA-E and D1. short: only that last
+    point, in one sentence for the verdict box ("" where the routers use their experts)."""
     rows = [(r["label"], r["seed"], r["chapter"]["routing"]) for r in records if "chapter" in r]
     if not rows:
         return ""
     share = [max(h) / max(1, sum(h)) for _, _, h in rows]
+    if short:
+        return ("**Read D1 with care:** every router here sends (nearly) all clean test images to a single expert, so "
+                "each MoE is in effect one network and D1 holds trivially (see where the router sends the images, "
+                "below)." if min(share) >= 0.99 else "")
     text = ("**Where the router sends the clean test images** (images per expert): " +
             "; ".join(f"{label} seed {seed}: {h}" for label, seed, h in rows) + ".")
     if min(share) >= 0.99:

@@ -68,6 +68,8 @@ def test_the_routing_note_says_when_every_router_collapsed_onto_one_expert():
     spread = dual.routing_note([record([1000, 0, 0, 0]), record([400, 300, 200, 100])])
     assert "[400, 300, 200, 100]" in spread and "collapsed" not in spread
     assert dual.routing_note([{"label": "JTDMoE", "seed": 0}]) == ""
+    assert "Read D1 with care" in dual.routing_note([record([1000, 0, 0, 0])], short=True)
+    assert dual.routing_note([record([400, 300, 200, 100])], short=True) == ""
 
 
 def test_the_blend_at_the_end_points_is_one_moe():
