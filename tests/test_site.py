@@ -160,12 +160,13 @@ LEDGER_TABLES = """
 
 
 def test_ledger_is_a_dashboard_of_links_in_id_order(browser):
-    """One dashboard per paper with claims (AdvMoE's C1.., Robust Experts' R1..), each in id order."""
+    """One dashboard per paper with claims (AdvMoE's C1.., Robust Experts' R1.., the dual-model paper's D1..), each in
+    id order."""
     driver, base = browser
     driver.get(f"{base}/book/claims.html")
     driver.save_screenshot(str(SHOTS / "book_claims_dashboard.png"))
     tables = driver.execute_script(LEDGER_TABLES)
-    assert [t["rows"][0]["cells"][t["head"].index("id")][0] for t in tables] == ["C", "R"]
+    assert [t["rows"][0]["cells"][t["head"].index("id")][0] for t in tables] == ["C", "R", "D"]
     all_ids = []
     for rows in tables:
         head = rows["head"]
