@@ -76,9 +76,9 @@ def pgd_iterates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
         for _ in range(steps):
             x_adv.requires_grad_(True)
             logits = model(x_adv)
-            if keep_first:  # the iterate this forward pass saw: keep it for the examples it fools first
-                newly = (logits.detach().argmax(1) != y) & ~fooled
-                kept[newly], fooled = x_adv.detach()[newly], fooled | newly
+            if keep_first:  # the iterate this forward pass saw: keep it for the examples it fools first (a select,
+                newly = (logits.detach().argmax(1) != y) & ~fooled  # not boolean indexing: no host read on a GPU)
+                kept, fooled = torch.where(newly.view(-1, *[1] * (x.dim() - 1)), x_adv.detach(), kept), fooled | newly
             objective = (F.cross_entropy(logits, y, reduction="sum") if loss == "ce"
                          else kl_from_logits(target, logits, reduction="sum"))
             grad, = torch.autograd.grad(objective, x_adv)

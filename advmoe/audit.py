@@ -62,6 +62,8 @@ def settings(preset: str) -> dict:
         return dict(n=16, steps=(2, 4, 8), square_queries=20)
     if preset == "cpu":  # measured: see the audit page (about 3-7 min per model on one core)
         return dict(n=500, steps=(10, 20, 50, 100), square_queries=1000)
+    if preset == "gpu":  # the examples AutoAttack sees at this preset
+        return dict(n=1000, steps=(10, 20, 50, 100), square_queries=5000)
     if preset == "paper":
         return dict(n=None, steps=(10, 20, 50, 100), square_queries=5000)
     raise ValueError(f"unknown preset {preset!r}; allowed: {', '.join(ex.PRESETS)}")

@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 
-from . import cluster
+from . import accel, cluster
 from . import data as datalib
 from . import distributed
 from . import experiments as ex
@@ -356,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[ex.ALLOW_DIRTY] = "1"
     try:
         numerics.check()
+        if hasattr(args, "device"):  # ADVMOE_ACCEL checked before any compute (advmoe.accel)
+            accel.for_device(ex.resolve_device(args.device))
         executor = getattr(args, "executor", "local")
         settings = (getattr(args, "address", None), getattr(args, "gpus_per_run", 0.0),
                     getattr(args, "cpus_per_run", 1.0), getattr(args, "device", "cpu"))

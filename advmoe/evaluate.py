@@ -19,15 +19,25 @@ def _batches(data: datalib.ImageData, batch_size: int, device, desc: str | None,
 
 
 def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, routes: list | None = None,
-             per_example: list | None = None) -> int:
+             per_example: list | None = None) -> torch.Tensor:
+    """The number of correct predictions, as a tensor on the model's device: the host reads it, the routes and the
+    per-example bits once, after every batch (`_to_host`), so a GPU never waits for it between batches."""
     with torch.no_grad(), record_routing(model) as r:
         correct = model(x).argmax(1) == y
     if routes is not None:
         routes.append(r)
     if per_example is not None:
-        per_example.append(correct.cpu())
-    return int(correct.sum())
+        per_example.append(correct)
+    return correct.sum()
 
+
+def _to_host(routes: list | None, per_example: list | None, start: tuple[int, int]) -> None:
+    """Move what a pass appended to `routes` and `per_example` (from index `start`) to the CPU, where callers
+    read it."""
+    for r in (routes or [])[start[0]:]:
+        r.update({name: choice.cpu() for name, choice in r.items()})
+    if per_example is not None:
+        per_example[start[1]:] = [c.cpu() for c in per_example[start[1]:]]
 
 
 def _histogram(routes: list) -> dict[str, list[int]]:
@@ -42,11 +52,13 @@ def accuracy(model: nn.Module, data: datalib.ImageData, device, batch_size: int 
              routes: list | None = None, per_example: list | None = None) -> float:
     was_training = model.training
     model.eval()
+    start = (len(routes or []), len(per_example or []))
     try:
-        correct = sum(_correct(model, x, y, routes, per_example)
-                      for x, y in _batches(data, batch_size, device, "SA", progress))
+        correct = int(sum(_correct(model, x, y, routes, per_example)
+                          for x, y in _batches(data, batch_size, device, "SA", progress)))
     finally:
         model.train(was_training)
+    _to_host(routes, per_example, start)
     return correct / len(data)
 
 
@@ -57,14 +69,15 @@ def robust_accuracy(model: nn.Module, data: datalib.ImageData, device, eps: floa
     generator = torch.Generator(device).manual_seed(seed)
     was_training = model.training
     model.eval()
-    correct = 0
+    correct, start = 0, (len(routes or []), len(per_example or []))
     try:
         for x, y in _batches(data, batch_size, device, f"PGD-{steps} eps={eps * 255:.3g}/255", progress):
             x_adv = pgd(model, x, y, eps, step_size, steps, loss="ce", generator=generator)
             correct += _correct(model, x_adv, y, routes, per_example)
     finally:
         model.train(was_training)
-    return correct / len(data)
+    _to_host(routes, per_example, start)
+    return int(correct) / len(data)
 
 
 def evaluate(model: nn.Module, data: datalib.ImageData, spec, device, progress: bool = True) -> dict:

@@ -20,14 +20,14 @@ from pathlib import Path
 import torch
 
 from . import data as datalib
-from . import distributed, numerics
+from . import accel, distributed, numerics
 from .attacks import check_attack
 from .evaluate import evaluate
 from .io import atomic_write_json, file_sha256, read_json, state_sha256
 from .models import KINDS, NETWORK_KINDS, TOPK_KINDS, check_alpha, check_model_args, compact, create_model
 from .train import METHODS, PARTIAL, start_from, train, trajectory_settings
 
-PRESETS = ("smoke", "cpu", "paper")
+PRESETS = ("smoke", "cpu", "gpu", "paper")
 TABLE1 = (  # (label, kind, method, scale): the paper's Table 1 rows for one (dataset, backbone) cell (`row_spec`)
     ("AT (Dense)", "dense", "at", 1.0),
     ("AT (S-Dense)", "s-dense", "at", 0.5),
@@ -234,6 +234,9 @@ def preset_settings(preset: str) -> dict:
         # 32 min in all; `advmoe run --jobs 2` (two one-thread workers) is what fits it in 30 min.
         return dict(dataset="cifar10-jpeg", base_width=16, epochs=8, batch_size=128, train_subset=5_000,
                     test_subset=1_000, eval_steps=20)
+    if preset == "gpu":  # the paper's regime with a compressed schedule, sized for one GPU window (advmoe.gpupreset)
+        from . import gpupreset
+        return gpupreset.settings()
     if preset == "paper":
         return dict(
             dataset="cifar10",       # Table 1 (CIFAR-10 cell; the paper also runs CIFAR-100, Tiny-ImageNet, ImageNet)
@@ -262,6 +265,9 @@ def preset_seeds(preset: str) -> tuple[int, ...]:
     and CI run every multi-seed path (mean +- std, Student's t, paired gaps) in seconds."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
+    if preset == "gpu":  # 4: see advmoe.gpupreset
+        from . import gpupreset
+        return gpupreset.SEEDS
     return {"paper": (0, 1, 2), "cpu": (0, 1, 2), "smoke": (0, 1)}[preset]
 
 
@@ -354,6 +360,7 @@ def provenance(device: torch.device) -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "numerics": numerics.state(),
+        "accel": accel.for_device(device).record(),  # how the model ran there (advmoe.accel)
         "platform": platform.platform(),
     }
 
@@ -407,7 +414,7 @@ def run(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None, pro
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         torch.manual_seed(spec.seed)
-        model = model_for(spec).to(dev)
+        model = accel.prepare(model_for(spec), dev)
         if parent is not None:
             start_from(model, parent, spec)
         for pattern in (*EVALUATIONS, ".*.tmp") if distributed.is_main() else ():  # evaluations of an earlier
@@ -490,7 +497,7 @@ def load_model(spec: ExperimentSpec, root: Path | None = None, device: str = "cp
                                 f"train it with: advmoe run --preset {spec.preset}")
     model = model_for(spec)
     model.load_state_dict(state["model"])
-    return model.to(resolve_device(device)).eval()
+    return accel.prepare(model, resolve_device(device)).eval()
 
 
 def trained_model(spec: ExperimentSpec, device: str = "cpu", root: Path | None = None,
@@ -526,7 +533,7 @@ def evaluation(spec: ExperimentSpec, name: str, compute, device: str = "cpu", ro
     weights = state_sha256(model.state_dict())
     with computing(device, root) as (dev, started):
         t0 = time.perf_counter()
-        fields = compute(model.to(dev), dev)
+        fields = compute(accel.prepare(model, dev), dev)
         started["seconds"] = time.perf_counter() - t0
     return atomic_write_json({"spec": dataclasses.asdict(spec), "hash": spec.hash, **fields,
                               "checkpoint_sha256": load(spec, root)["checkpoint_sha256"], "model_sha256": weights,
@@ -599,6 +606,7 @@ def autoattack_settings(preset: str) -> tuple[str, int | None]:
             # APGD-CE 11 s, then per image still robust APGD-T 2.2 s, FAB-T 5.3 s, Square 5.4 s. The cost
             # follows the number of robust images, so n=200 is ~10 min for AT(Dense), less for the rest.
             "cpu": ("standard", 200),
+            "gpu": ("standard", 1000),        # a fixed, balanced 1,000 of the 10,000 (advmoe.gpupreset)
             "paper": ("standard", None),      # Table 2: standard AutoAttack on the full test set
             }[preset]
 

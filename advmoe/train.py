@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from . import accel
 from . import data as datalib
 from . import distributed
 from .attacks import pgd
@@ -115,7 +116,13 @@ def _optimizers(model: nn.Module, spec) -> dict[str, torch.optim.Optimizer]:
     return {"all": optimizer_for(trainable(model), spec)}
 
 
-def trades_step(model, params, optimizer, x, y, spec, fixed_statistics: bool = False) -> tuple[float, float]:
+def logged(loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a step reports: its loss and its accuracy on the batch, as tensors on the model's device. The loop reads
+    them once per epoch, so a GPU step never waits for the host (`advmoe.accel`)."""
+    return loss.detach(), (logits.detach().argmax(1) == y).float().mean()
+
+
+def trades_step(model, params, optimizer, x, y, spec, fixed_statistics: bool = False):
     """One TRADES update of `params` (the other parameters fixed) against a fresh PGD-KL attack."""
     x_adv = pgd(model, x, y, spec.train_eps, spec.train_step_size, spec.train_steps, loss="kl")
     with only_training(model, params, fixed_statistics):
@@ -123,10 +130,10 @@ def trades_step(model, params, optimizer, x, y, spec, fixed_statistics: bool = F
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return loss.item(), (logits.argmax(1) == y).float().mean().item()
+    return logged(loss, logits, y)
 
 
-def standard_step(model, params, optimizer, x, y, spec) -> tuple[float, float]:
+def standard_step(model, params, optimizer, x, y, spec):
     """Cross-entropy on x (clean data, or pgd-at's adversarial examples), plus a Robust Experts model's balancing
     loss; returns (loss, accuracy on x)."""
     with only_training(model, params):
@@ -138,10 +145,10 @@ def standard_step(model, params, optimizer, x, y, spec) -> tuple[float, float]:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return loss.item(), (logits.argmax(1) == y).float().mean().item()
+    return logged(loss, logits, y)
 
 
-def pgd_at_step(model, params, optimizer, x, y, spec) -> tuple[float, float]:
+def pgd_at_step(model, params, optimizer, x, y, spec):
     """Madry's PGD-AT: a step on the last iterate of a PGD-CE attack; the accuracy returned is on those examples."""
     x_adv = pgd(model, x, y, spec.train_eps, spec.train_step_size, spec.train_steps, loss="ce", last_iterate=True)
     return standard_step(model, params, optimizer, x_adv, y, spec)
@@ -168,7 +175,7 @@ def robust_moe_loss(moe, x, x_adv, y, experts, spec) -> tuple[torch.Tensor, torc
     return F.cross_entropy(logits, y) + spec.beta / len(x) * kl, logits
 
 
-def rt_er_step(model, params, optimizer, x, y, spec) -> tuple[float, float]:
+def rt_er_step(model, params, optimizer, x, y, spec):
     """RT-ER: the whole MoE against PGD, and each sample's second-ranked expert against PGD on that expert alone."""
     with torch.no_grad():
         second = model.router(x).topk(2, dim=1).indices[:, 1]  # the router's ranking of the clean image
@@ -179,10 +186,10 @@ def rt_er_step(model, params, optimizer, x, y, spec) -> tuple[float, float]:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return loss.item(), (logits.argmax(1) == y).float().mean().item()
+    return logged(loss, logits, y)
 
 
-def jtdmoe_step(model, optimizers, x, y, spec) -> tuple[float, float]:
+def jtdmoe_step(model, optimizers, x, y, spec):
     """JTDMoE, one batch: F_R's robust step (every expert's KL term), then F_S's clean step on the blend."""
     robust = model.robust
     x_adv = pgd(robust, x, y, spec.train_eps, spec.train_step_size, spec.train_steps, last_iterate=True)
@@ -198,11 +205,11 @@ def jtdmoe_step(model, optimizers, x, y, spec) -> tuple[float, float]:
         optimizers["standard"].zero_grad(set_to_none=True)
         loss.backward()
         optimizers["standard"].step()
-    return loss.item(), (logits.argmax(1) == y).float().mean().item()
+    return logged(loss, logits, y)
 
 
-def iteration(model, optimizers, batch, other_batch, spec) -> tuple[float, float]:
-    """What one iteration of `spec.method` does; returns (loss, clean accuracy) of the backbone/all step."""
+def iteration(model, optimizers, batch, other_batch, spec) -> tuple[torch.Tensor, torch.Tensor]:
+    """What one iteration of `spec.method` does; returns (loss, accuracy) of the backbone/all step (`logged`)."""
     x, y = batch
     if spec.method == "standard":
         return standard_step(model, trainable(model), optimizers["all"], x, y, spec)
@@ -263,7 +270,7 @@ def schedule(spec, iterations_per_epoch: int):
 def trajectory_settings(preset: str) -> tuple[int, int]:
     """(test images, PGD steps) of the robust accuracy tracked after every epoch (Fig. A2). cpu: PGD-10 on 200
     images, about a tenth of an epoch's training time."""
-    return {"smoke": (16, 2), "cpu": (200, 10), "paper": (1000, 10)}[preset]
+    return {"smoke": (16, 2), "cpu": (200, 10), "gpu": (1000, 10), "paper": (1000, 10)}[preset]
 
 
 def train(spec, model: nn.Module, train_data: datalib.ImageData, test_data: datalib.ImageData, workdir: Path,
@@ -306,45 +313,48 @@ def train(spec, model: nn.Module, train_data: datalib.ImageData, test_data: data
         return datalib.to_float(x, device), y.to(device)
 
     tracked = test_data.subset(min(track[0], len(test_data)), 0) if track else None
-    for epoch in range(start, spec.epochs):
-        t0 = time.perf_counter()
-        perm = torch.randperm(len(train_data), generator=generator)
-        batches = perm[: n_iter * spec.batch_size].view(n_iter, spec.batch_size)
-        losses, accs = [], []
-        bar = tqdm(range(n_iter), desc=f"{spec.name} epoch {epoch + 1}/{spec.epochs}", disable=not progress,
-                   leave=False, dynamic_ncols=True, position=position)
-        for i in bar:
-            # AdvMoE draws a different batch for the routers: the one half an epoch away, so each example
-            # serves once as a router and once as a backbone example per epoch (Appendix B).
-            other = batch(batches[(i + n_iter // 2) % n_iter]) if spec.method == "advmoe" else None
-            with distributed.sharded(sync_norm):
-                loss, acc = iteration(model, optimizers, batch(batches[i]), other, spec)
-            for s in schedulers.values():
-                s.step()
-            losses.append(loss)
-            accs.append(acc)
-            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.2f}")
-        loss, acc = distributed.mean(sum(losses) / len(losses)), distributed.mean(sum(accs) / len(accs))
-        if not distributed.is_main():  # under torchrun rank 0 evaluates and writes the checkpoint; the others wait
+    with accel.compiled(model, device):  # the steps and the per-epoch evaluation (advmoe.accel)
+        for epoch in range(start, spec.epochs):
+            t0 = time.perf_counter()
+            perm = torch.randperm(len(train_data), generator=generator)
+            batches = perm[: n_iter * spec.batch_size].view(n_iter, spec.batch_size)
+            losses, accs = [], []
+            bar = tqdm(range(n_iter), desc=f"{spec.name} epoch {epoch + 1}/{spec.epochs}", disable=not progress,
+                       leave=False, dynamic_ncols=True, position=position)
+            for i in bar:
+                # AdvMoE draws a different batch for the routers: the one half an epoch away, so each example
+                # serves once as a router and once as a backbone example per epoch (Appendix B).
+                other = batch(batches[(i + n_iter // 2) % n_iter]) if spec.method == "advmoe" else None
+                with distributed.sharded(sync_norm), accel.autocast(device):
+                    loss, acc = iteration(model, optimizers, batch(batches[i]), other, spec)
+                for s in schedulers.values():
+                    s.step()
+                losses.append(loss)
+                accs.append(acc)
+                if device.type == "cpu":  # free there; on a GPU the bar shows the rate only (no host read per step)
+                    bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc.item():.2f}")
+            losses, accs = torch.stack(losses).tolist(), torch.stack(accs).tolist()  # one host read per epoch
+            loss, acc = distributed.mean(sum(losses) / len(losses)), distributed.mean(sum(accs) / len(accs))
+            if not distributed.is_main():  # under torchrun rank 0 evaluates and writes the checkpoint; the others wait
+                distributed.barrier()
+                continue
+            history.append({
+                "epoch": epoch + 1,
+                "lr": next(iter(optimizers.values())).param_groups[0]["lr"],
+                "train_loss": loss,
+                "train_accuracy": acc,
+                "test_sa": accuracy(model, test_data, device, progress=False),
+                **({"test_ra_tracked": robust_accuracy(model, tracked, device, spec.eval_eps, spec.eval_step_size,
+                                                       track[1], seed=epoch, progress=False),
+                    "tracked": {"n": len(tracked), "steps": track[1]}} if track else {}),
+                "seconds": time.perf_counter() - t0,
+            })
+            atomic_torch_save({
+                "spec_hash": spec.hash, "epoch": epoch + 1, "model": model.state_dict(),
+                "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
+                **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+            }, ckpt_path)
             distributed.barrier()
-            continue
-        history.append({
-            "epoch": epoch + 1,
-            "lr": next(iter(optimizers.values())).param_groups[0]["lr"],
-            "train_loss": loss,
-            "train_accuracy": acc,
-            "test_sa": accuracy(model, test_data, device, progress=False),
-            **({"test_ra_tracked": robust_accuracy(model, tracked, device, spec.eval_eps, spec.eval_step_size,
-                                                   track[1], seed=epoch, progress=False),
-                "tracked": {"n": len(tracked), "steps": track[1]}} if track else {}),
-            "seconds": time.perf_counter() - t0,
-        })
-        atomic_torch_save({
-            "spec_hash": spec.hash, "epoch": epoch + 1, "model": model.state_dict(),
-            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-            "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
-            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
-            **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
-        }, ckpt_path)
-        distributed.barrier()
     return history

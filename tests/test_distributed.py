@@ -48,7 +48,7 @@ def _step(rank: int, size: int, store: str, out: str) -> None:
     optimizer = make_optimizers(model, SPEC)["all"]
     with D.sharded(True):
         loss, _ = trades_step(model, list(model.parameters()), optimizer, D.shard(x), D.shard(y), SPEC)
-    loss = D.mean(loss)
+    loss = D.mean(loss.item())  # a step reports tensors (train.logged)
     if rank == 0:
         torch.save({"loss": loss, "state": model.state_dict()}, out)
     D.teardown()

@@ -11,9 +11,9 @@ import fnmatch
 import torch
 from torch import nn
 
-from .moe import (MoEConv2d, Router, RoutedNet, Routes, SharedRouter, backbone_parameters, dense_reference,
-                  fixed_routing, forced_expert, moe_layers, record_routing, router_parameters,
-                  soft_routing)
+from .moe import (EXECUTIONS, MoEConv2d, Router, RoutedNet, Routes, SharedRouter, backbone_parameters,
+                  dense_reference, fixed_routing, forced_expert, moe_layers, record_routing, router_parameters,
+                  set_execution, soft_routing)
 from .netmoe import DualModel, NetworkMoE, check_alpha
 from .densenet import PAPER_WIDTHS as DENSENET_WIDTHS, densenet
 from .resnet import STEMS, resnet18
@@ -164,6 +164,6 @@ __all__ = ["create_model", "list_models", "check_model_args", "BACKBONES", "STEM
            "ROUTERS", "NetworkMoE", "DualModel",
            "GATES", "BALANCING", "TopKMoE", "balancing_losses", "MoEConv2d",
            "Router", "SharedRouter", "RoutedNet", "Routes", "record_routing", "dense_reference", "soft_routing",
-           "fixed_routing", "forced_expert", "moe_layers",
+           "fixed_routing", "forced_expert", "moe_layers", "EXECUTIONS", "set_execution",
            "router_parameters", "backbone_parameters", "compact", "init_scores_from_weights", "mask_parameters",
            "mask_stage_parameters", "masks", "weight_parameters"]

@@ -8,9 +8,11 @@ authors' code: the chosen expert's output is multiplied by 1 + p - stop_grad(p),
 where p is the router's softmax probability of that expert (value exactly 1, gradient
 dp; `_StraightThrough` passes the output on without computing the product).
 
-Execution on a CPU is really sparse: each sample runs only its chosen expert (the batch is
-grouped by expert, `_GroupedConv`). On a GPU the layer computes every expert and masks, which is
-faster there (see the comment in `forward`). Three other modes exist for checking, never for training:
+Two executions compute the same function (tested): "sparse", the CPU's, where each sample runs only its chosen
+expert (the batch is grouped by expert, `_GroupedConv`), and "static", a GPU's, where every expert runs on every
+sample and a mask keeps the chosen one: fixed shapes and no host reads, so a step can be captured whole (CUDA graphs,
+`torch.compile(fullgraph=True)`). `set_execution(model, ...)` chooses; `advmoe.accel` chooses by device. Routing
+records stay on the model's device. Three other modes exist for checking, never for training:
 `dense_reference(model)` computes every expert and masks (tests and benchmark);
 `soft_routing(model)` mixes every expert by its router probability and
 `fixed_routing(model, routes)` replays given routing choices: both are smooth
@@ -69,6 +71,7 @@ class MoELayer(nn.Module):
         super().__init__()
         self.n_experts = n_experts
         self.mode = "sparse"
+        self.execution = "sparse"  # or "static" (`set_execution`)
         self.fixed_choice: torch.Tensor | int | None = None
         self.record: list[torch.Tensor] | None = None
 
@@ -96,17 +99,17 @@ class MoEConv2d(MoELayer):
             raise RuntimeError("MoEConv2d without its own router must run inside a RoutedNet")
         choice = logits.argmax(1)
         if self.mode == "fixed":  # given choices per sample, or one expert for every sample
-            choice = (self.fixed_choice if torch.is_tensor(self.fixed_choice)
+            choice = (self.fixed_choice.to(choice.device) if torch.is_tensor(self.fixed_choice)
                       else torch.full_like(choice, int(self.fixed_choice)))
         if self.record is not None:
-            self.record.append(choice.detach().cpu())
+            self.record.append(choice.detach())
         if self.mode == "soft":  # every expert, weighted by its router probability (no straight-through gate)
             return self._mixed(x, logits.softmax(1))
-        # On a GPU every expert is computed and masked: regrouping needs the expert counts on the host at every
-        # layer, and that wait costs more than the extra FLOPs (measured on an H100: 2.5x faster training). The
-        # result is the same function (tested on the CPU); FLOPs are counted for the pathway either way.
-        masked = self.mode == "dense-reference" or (x.is_cuda and self.mode == "sparse")
-        out = self._mixed(x, F.one_hot(choice, self.n_experts).to(x.dtype)) if masked else self._sparse(x, choice)
+        # Static execution computes every expert and masks: regrouping needs the expert counts on the host at every
+        # layer, and on a GPU that wait costs more than the extra FLOPs (measured on an H100: 2.5x faster training).
+        # FLOPs are counted for the pathway either way.
+        masked = self.mode == "dense-reference" or self.execution == "static"
+        out = self._mixed(x, one_hot(choice, self.n_experts, x.dtype)) if masked else self._sparse(x, choice)
         if logits.requires_grad:  # straight-through gate: forward value 1, gradient to the router logits
             out = _StraightThrough.apply(out, logits.softmax(1).gather(1, choice[:, None]).squeeze(1))
         return out
@@ -127,6 +130,11 @@ class MoEConv2d(MoELayer):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, n_experts={self.n_experts}, "
                 f"kernel_size={self.kernel_size}, stride={self.stride}, shared_router={self.router is None}")
+
+
+def one_hot(choice: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """(len(choice), n) of exact 0 and 1: F.one_hot's values, without its range checks (host reads on a CPU)."""
+    return (choice[:, None] == torch.arange(n, device=choice.device)).to(dtype)
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -282,6 +290,19 @@ def _routing_mode(model: nn.Module, mode: str, routes: dict[str, torch.Tensor] |
     finally:
         for m in layers.values():
             m.mode, m.fixed_choice = "sparse", None
+
+
+EXECUTIONS = ("sparse", "static")
+
+
+def set_execution(model: nn.Module, execution: str) -> nn.Module:
+    """How every MoE layer of `model` runs its experts: "sparse" (each sample its own expert, the batch regrouped:
+    the CPU's) or "static" (every expert, masked: fixed shapes, no host reads; a GPU's). Same function either way."""
+    if execution not in EXECUTIONS:
+        raise ValueError(f"unknown execution {execution!r}; allowed: {', '.join(EXECUTIONS)}")
+    for m in moe_layers(model).values():
+        m.execution = execution
+    return model
 
 
 def dense_reference(model: nn.Module):

@@ -75,7 +75,7 @@ class TopKMoE(MoELayer):
         scores = self.router(x).softmax(1)
         self.scores = scores if self.training else None
         if self.mode == "fixed":  # given choices per sample, or one expert for every sample: weight 1
-            top = (self.fixed_choice if torch.is_tensor(self.fixed_choice)
+            top = (self.fixed_choice.to(x.device) if torch.is_tensor(self.fixed_choice)
                    else torch.full((len(x),), int(self.fixed_choice), dtype=torch.long, device=x.device))[:, None]
         else:
             ranking = scores.detach()
@@ -83,7 +83,7 @@ class TopKMoE(MoELayer):
                 ranking = ranking / ranking.std() + NOISE_STD * torch.randn_like(ranking)
             top = ranking.topk(self.k, dim=1).indices
         if self.record is not None:
-            self.record.append(top[:, 0].detach().cpu())
+            self.record.append(top[:, 0].detach())
         if self.mode == "soft":  # every expert, weighted by its gate score (an attack surrogate)
             return self._combine(x, torch.arange(self.n_experts, device=x.device).expand(len(x), -1), scores,
                                  every=True)
@@ -91,14 +91,14 @@ class TopKMoE(MoELayer):
         if top.shape[1] > 1:
             chosen = scores.gather(1, top)
             weights = chosen / (chosen.sum(1, keepdim=True) + 1e-5)
-        out = self._combine(x, top, weights, every=self.mode == "dense-reference")
+        out = self._combine(x, top, weights, every=self.mode == "dense-reference" or self.execution == "static")
         if weights is None and scores.requires_grad:  # k = 1: value exactly 1, gradient to the chosen score
             out = _StraightThrough.apply(out, scores.gather(1, top).squeeze(1))
         return out
 
     def _combine(self, x: torch.Tensor, top: torch.Tensor, weights: torch.Tensor | None, every: bool) -> torch.Tensor:
         """sum over slots j of weights[:, j] * expert_{top[:, j]}(x) (weight 1 where None). every: each expert on
-        every sample, then masked (the dense reference); else each expert on its own samples only."""
+        every sample, then masked (the dense reference, static execution); else each expert on its own samples only."""
         out = None
         for e, expert in enumerate(self.experts):
             hit = top == e

@@ -1,0 +1,75 @@
+"""The gpu preset (advmoe.gpupreset) and the one-call GPU window script (benchmarks/gpu_window.py), dry-run on the
+CPU at the smoke preset: every phase runs and writes what it measured, the units are stored and bundled."""
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from advmoe import experiments as ex
+from advmoe import gpupreset
+from advmoe.data import REPO
+
+SPEEDS = {"AT (Dense)": 4000.0, "AT (S-Dense)": 4000.0, "AT (MoE)": 1600.0, "AdvMoE": 800.0}
+PGD20 = {"AT (Dense)": 1500.0, "AT (S-Dense)": 2800.0, "AT (MoE)": 1500.0, "AdvMoE": 1400.0}
+
+
+def test_sizing_fits_the_slice_into_the_window_and_grows_with_speed():
+    base = gpupreset.size(SPEEDS, PGD20, window_s=3600)
+    epoch = sum(50_000 / SPEEDS[speed] for _, speed in gpupreset.STAGES)  # AT (Sparse): a Dense and an S-Dense stage
+    assert base["seconds_per_seed_epoch"] == pytest.approx(epoch)
+    per_epoch = base["seeds"] * (epoch + base["track_seconds_per_seed_epoch"])
+    assert base["gpu_seconds"] <= 3600 < base["gpu_seconds"] + per_epoch  # the most epochs that fit
+    faster = gpupreset.size({k: 3 * v for k, v in SPEEDS.items()}, PGD20, window_s=3600)
+    shared = gpupreset.size(SPEEDS, PGD20, concurrency_gain=2.0, window_s=3600)
+    assert faster["epochs"] > base["epochs"] and shared["epochs"] > base["epochs"]
+    slow = gpupreset.size(SPEEDS, PGD20)  # the 10-minute window cannot hold one epoch of 4 seeds at these speeds
+    assert slow["epochs"] == 1 and slow["windows"] > 1
+    with pytest.raises(ValueError, match="AdvMoE"):
+        gpupreset.size({k: v for k, v in SPEEDS.items() if k != "AdvMoE"}, PGD20)
+
+
+def test_the_gpu_preset_is_the_papers_regime_with_the_stored_or_provisional_epochs(tmp_path, monkeypatch):
+    gpupreset.sizing.cache_clear()
+    monkeypatch.setattr(gpupreset, "SIZING", tmp_path / "gpu-preset.json")
+    provisional = gpupreset.sizing()
+    assert "provisional" in provisional["source"] and provisional["epochs"] >= 1
+    specs = ex.table1("gpu")
+    assert len(specs) == 5 * len(gpupreset.SEEDS) and {s.seed for s in specs} == set(gpupreset.SEEDS)
+    spec = specs[0]
+    assert (spec.base_width, spec.train_subset, spec.test_subset, spec.eval_steps, spec.train_steps) == (64, None, None,
+                                                                                                         20, 2)
+    assert ex.autoattack_settings("gpu") == ("standard", 1000)
+    stored = gpupreset.write_sizing({**provisional, "epochs": 7})
+    assert stored["epochs"] == 7 and ex.table1("gpu")[0].epochs == 7
+    assert gpupreset.write_sizing({**provisional, "epochs": 3})["epochs"] == 7  # a stored sizing stays
+    gpupreset.sizing.cache_clear()
+
+
+@pytest.mark.cluster
+def test_the_window_script_dry_run_measures_sizes_and_stores_units(tmp_path):
+    out, results = tmp_path / "out", tmp_path / "results"
+    env = {**os.environ, "ADVMOE_RESULTS": str(results), "ADVMOE_ALLOW_DIRTY": "1", "PYTHONPATH": str(REPO)}
+    env.pop("ADVMOE_ACCEL", None)
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_window.py"), "--out", str(out), "--dry-run"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads((out / "gpu-window.json").read_text())
+    assert report["sync"] == {label: "ok" for label, *_ in ex.TABLE1}
+    eager = report["configs"]["eager"]
+    assert all(eager[m]["train_images_per_s"] > 0 and eager[m]["pgd20_images_per_s"] > 0 for m in SPEEDS)
+    assert report["best_config"] == "eager" and set(report["concurrency"]) == {"1", "2"}
+    assert all(v > 0 for v in report["concurrency"].values()) and report["k"] in (1, 2)
+    assert report["sizing"]["epochs"] >= 1
+    names = {ex.row_spec("smoke", k, m, s, seed=0).name for label, k, m, s in ex.TABLE1
+             if label in ("AT (S-Dense)", "AT (MoE)")}
+    assert {n.rsplit("-", 1)[0] for n in report["units_stored"]} == names
+    with tarfile.open(out / "gpu-results.tar.gz") as tar:
+        stored = tar.getnames()
+    assert sum(n.endswith("metrics.json") for n in stored) == 2 and sum("worst-case" in n for n in stored) == 2
+    assert not any(n.endswith(".pt") for n in stored)
+    metrics = json.loads(next(results.glob("smoke/*moe*/metrics.json")).read_text())
+    assert metrics["provenance"]["accel"] == {"execution": "sparse", "compile": None, "channels_last": False,
+                                              "bf16": False}
