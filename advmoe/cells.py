@@ -40,6 +40,7 @@ CPU_SEEDS = {("cifar10", "densenet"): (0,), ("tiny-imagenet", "resnet18"): (0,)}
 # cells), since every page is executed at the cpu preset by `make book` and in CI.
 BOOK = (("cifar10", "resnet18"),)
 CPU_DATASET = {"cifar10": "cifar10-jpeg"}  # the JPEG copy of CIFAR-10 stands in for the official files here
+GPU_CELL = ("cifar10", "resnet18")  # the gpu preset's one cell (advmoe.gpupreset)
 
 
 def check_cell(dataset: str, backbone: str) -> str | None:
@@ -70,6 +71,12 @@ def settings(preset: str, dataset: str, backbone: str) -> dict:
     if preset == "paper":
         return dict(**dataset_settings(dataset), backbone=backbone, base_width=BACKBONES[backbone][1],
                     **(dict(batch_size=512) if dataset == "imagenet" else {}))
+    if preset == "gpu":  # the paper's regime for ResNet-18 on CIFAR-10 only (advmoe.gpupreset)
+        if (dataset, backbone) != GPU_CELL:
+            raise ValueError(f"the gpu preset computes ResNet-18 on CIFAR-10 only; run {backbone} on {dataset} at the "
+                             f"paper preset: advmoe run --preset paper --dataset {dataset} --backbone {backbone} "
+                             f"--device cuda")
+        return dict(**dataset_settings(CPU_DATASET.get(dataset, dataset)), backbone=backbone)
     if preset == "smoke":  # an eighth of the paper's widths, as the smoke ResNet-18 (8 of 64)
         return dict(**dataset_settings(CPU_DATASET.get(dataset, dataset)), backbone=backbone,
                     base_width=max(1, BACKBONES[backbone][1] // 8))

@@ -98,3 +98,46 @@ def write_sizing(result: dict, path: Path | None = None) -> dict:
         atomic_write_json(result, path)
     sizing.cache_clear()
     return json.loads(path.read_text())
+
+
+def beside(table: str = "1", device: str = "cpu") -> dict:
+    """What the Table 1 (or 2) page shows of the gpu preset beside its own preset's: the stored records (a page
+    never computes them: a unit is stored whole, training with AutoAttack and the worst case, or not at all), their
+    table and verdicts, and a paragraph: the design, what is stored, the seed spread measured on it and the seeds a
+    2 pp threshold would take; with nothing stored, the command that computes it."""
+    from . import experiments as ex
+    from . import report as R
+
+    records = R.with_autoattack([rec for d, b in R.cells("gpu", table) if R.runnable(d, b, "gpu") is None
+                                 for rec in R.collect(ex.TABLE1, "gpu", device, False, d, b, stored_only=True)],
+                                device, False, stored_only=True)
+    done = [r for r in records if r["metrics"] is not None]
+    s = sizing()
+    design = (f"The gpu preset is the paper's regime (width 64, all 50,000 training images, PGD-{EVAL_STEPS} on all "
+              f"10,000 test images, AutoAttack and the worst case on {N_AA:,}) with the schedule compressed to "
+              f"{s['epochs']} epoch{'s' if s['epochs'] > 1 else ''}, sized from GPU throughput ({s['source']}).")
+    if not done:
+        return {"records": records, "verdicts": [], "table": None, "note": (
+            f"No result of the gpu preset is stored yet. {design} One GPU call computes what fits in its window "
+            f"(`python benchmarks/gpu_window.py --out DIR`); by this sizing the slice with {len(SEEDS)} seeds takes "
+            f"about {s['windows']:.1f} windows of {WINDOW_S // 60} minutes.")}
+    metric = "ra" if table == "1" else "ra_aa"
+    spread = []
+    for a, b in R.COMPARISONS[table]:
+        pairs = [(x, y) for x in done if x["label"] == a for y in done if y["label"] == b and y["seed"] == x["seed"]]
+        if len(pairs) >= 2:
+            side_a, side_b = [x["metrics"] for x, _ in pairs], [y["metrics"] for _, y in pairs]
+            gaps = [100 * (x["final"][metric] - y["final"][metric]) for x, y in zip(side_a, side_b)]
+            sd = R._mean_std(gaps)[1]
+            se = R.test_set_se(side_a, side_b, metric)[0]
+            needed = R.seeds_needed(sd, se, 2.0)
+            spread.append(f"{a} vs {b}: seed SD of the gap {sd:.2f} pp over {len(gaps)} seeds, a 2 pp threshold takes "
+                          f"{needed or 'more than 100'} seeds")
+    seeds = sorted({r["seed"] for r in done})
+    note = (f"{len(done)} of {len(records)} gpu-preset models stored (seeds {', '.join(map(str, seeds))}). {design} "
+            + ("Measured seed spread: " + "; ".join(spread) + "." if spread else
+               "The seed spread needs two seeds of a comparison; none has them yet."))
+    metrics = ("ra_worst", "ra", "sa") if table == "1" else ("ra_worst", "ra_aa", "ra_pgd_aa_examples", "sa")
+    df = R.summary(records, metrics=metrics, table=table)
+    return {"records": records, "verdicts": R.comparison_verdicts(records, "gpu", table),
+            "table": R.display_table(df[df.seeds > 0], metrics=metrics), "note": note}

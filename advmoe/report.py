@@ -70,6 +70,10 @@ def cells(preset: str, table: str = "1") -> list[tuple[str, str]]:
 def runnable(dataset: str, backbone: str, preset: str) -> str | None:
     """None if the preset computes the cell, else why not and the one command that computes it."""
     paper_dataset = dataset.replace("cifar10-jpeg", "cifar10")
+    if preset == "gpu":
+        return None if (paper_dataset, backbone) == cells_.GPU_CELL else (
+            f"not at the gpu preset (ResNet-18 on CIFAR-10 only); on a GPU: `advmoe run --preset paper --dataset "
+            f"{paper_dataset} --backbone {backbone} --device cuda`")
     if preset == "paper" or (paper_dataset, backbone) in cells_.BOOK:
         return None
     if (paper_dataset, backbone) in cells_.CPU:
@@ -110,9 +114,10 @@ def audit_specs(preset: str) -> list:
 
 
 def collect(rows, preset: str, device: str, recompute: bool, dataset: str, backbone: str,
-            seeds: tuple[int, ...] | None = None, **overrides) -> list[dict]:
+            seeds: tuple[int, ...] | None = None, stored_only: bool = False, **overrides) -> list[dict]:
     """One record per (row, seed): our metrics (None where not runnable) and the row's identity. overrides: spec
-    fields every row shares (e.g. Table A1's 10-step training attack, `ex.train_attack(10)`)."""
+    fields every row shares (e.g. Table A1's 10-step training attack, `ex.train_attack(10)`). stored_only: never
+    compute (None where nothing is stored; a GPU preset read on a CPU)."""
     records = []
     why = runnable(dataset, backbone, preset)
     for label, kind, method, scale in rows:
@@ -121,9 +126,17 @@ def collect(rows, preset: str, device: str, recompute: bool, dataset: str, backb
                        seed=seed, metrics=None, why=why)
             if why is None:
                 spec = cell_spec(preset, kind, method, scale, dataset, backbone, seed=seed, **overrides)
-                rec["metrics"], rec["spec"] = ex.get(spec, device, recompute=recompute, progress=False), spec
+                rec["metrics"], rec["spec"] = (_stored(spec) if stored_only else
+                                               ex.get(spec, device, recompute=recompute, progress=False)), spec
             records.append(rec)
     return records
+
+
+def _stored(spec) -> dict | None:
+    try:
+        return ex.load(spec)
+    except FileNotFoundError:
+        return None
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float | None]:
@@ -180,16 +193,23 @@ def summary(records: list[dict], metrics=("ra", "sa"), table: str = "1"):
     return df
 
 
-def with_autoattack(records: list[dict], device: str, recompute: bool) -> list[dict]:
+def with_autoattack(records: list[dict], device: str, recompute: bool, stored_only: bool = False) -> list[dict]:
     """The records with RA-AA and the worst case over every attack (`advmoe.worstcase`) added to each model's
-    final metrics, with RA-PGD on the same examples and the per-example results (for paired verdicts)."""
-    from .worstcase import worst_case_eval
+    final metrics, with RA-PGD on the same examples and the per-example results (for paired verdicts).
+    stored_only: never compute; a model whose AutoAttack or worst case is not stored counts as not stored (its
+    unit is whole or absent)."""
+    from .worstcase import stored_worst_case, worst_case_eval
 
     out = []
     for r in records:
+        if r["metrics"] is not None and stored_only:
+            wc, aa = stored_worst_case(r["spec"]), ex.stored_autoattack(r["spec"])
+            if wc is None or aa is None:
+                r = {**r, "metrics": None}
         if r["metrics"] is not None:
-            wc = worst_case_eval(r["spec"], device, recompute=recompute, progress=False)
-            aa = ex.autoattack_eval(r["spec"], device, progress=False)
+            if not stored_only:
+                wc = worst_case_eval(r["spec"], device, recompute=recompute, progress=False)
+                aa = ex.autoattack_eval(r["spec"], device, progress=False)
             n = aa["n"]
             final = {**r["metrics"]["final"], "ra_aa": aa["ra_aa"], "ra_pgd_aa_examples": aa["ra_pgd_same_examples"],
                      "ra_worst": wc["ra_worst"], "n_ra_aa": n, "n_ra_pgd_aa_examples": n, "n_ra_worst": n,
@@ -414,6 +434,36 @@ def verdict(claim: str, a: list[dict], b: list[dict], metric: str = "ra", preset
              if status == "inconclusive" else "")
     return Verdict(claim, status, gap, se, f"{where}: gap {gap:+.2f} {unit}, threshold {threshold:.2f} {unit} "
                    f"(t({k - 1}) x SE; seed SD {sd:.2f}, {test_part}){short}", threshold, unit=unit, values=values)
+
+
+COMPARISONS = {  # the Table-1 (RA-PGD) and Table-2 (RA-AA) comparisons decided in every computed cell
+    "1": [("AdvMoE", "AT (MoE)"), ("AdvMoE", "AT (S-Dense)"), ("AdvMoE", "AT (Sparse)"), ("AdvMoE", "AT (Dense)"),
+          ("AT (S-Dense)", "AT (MoE)")],
+    "2": [("AdvMoE", "AT (S-Dense)"), ("AdvMoE", "AT (Sparse)"), ("AdvMoE", "AT (MoE)")],
+}
+
+
+def comparison_verdicts(records: list[dict], preset: str, table: str = "1") -> list[Verdict]:
+    """Table 1's or Table 2's verdicts in every cell the preset computes: each comparison of `COMPARISONS` on RA
+    (RA-AA for Table 2), also under the worst case; Table 2 adds whether AutoAttack lowers AdvMoE's RA below PGD's
+    on the same images (paired by image)."""
+    metric, name = ("ra", "RA") if table == "1" else ("ra_aa", "RA-AA")
+    verdicts = []
+    for dataset, backbone in cells(preset, table=table):
+        if runnable(dataset, backbone, preset):
+            continue
+        rs = [r for r in records if r["dataset"] == dataset and r["backbone"] == backbone]
+        cell = f" ({backbone}, {dataset})"
+        verdicts += [verdict(f"{a} {name} > {b} {name}{cell}", by_label(rs, a), by_label(rs, b), metric, preset,
+                             also="ra_worst") for a, b in COMPARISONS[table]]
+        if table == "2":
+            advmoe = by_label(rs, "AdvMoE")
+            as_ra = lambda key, bits: [{"final": {"ra": m["final"][key], "n_test": m["final"]["n_ra_aa"],  # noqa: E731
+                                                  "correct": {"pgd": m["final"]["correct"][bits]}}} for m in advmoe]
+            verdicts.append(verdict("AutoAttack lowers AdvMoE's RA below PGD's" + cell,
+                                    as_ra("ra_pgd_aa_examples", "pgd_aa_examples"), as_ra("ra_aa", "aa"),
+                                    preset=preset))
+    return verdicts
 
 
 def verdict_summary(verdicts: list[Verdict]):

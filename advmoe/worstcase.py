@@ -117,6 +117,16 @@ def worst_case(model, x: torch.Tensor, y: torch.Tensor, eps: float, found: dict[
             "correct_worst": bits(robust)}
 
 
+def _file(spec: ex.ExperimentSpec) -> str:
+    version, n = ex.autoattack_settings(spec.preset)
+    return f"worst-case-{version}-n{n or 'all'}.json"
+
+
+def stored_worst_case(spec: ex.ExperimentSpec, root: Path | None = None) -> dict | None:
+    """The stored worst case of a model (`worst_case_eval`), or None; never computes."""
+    return ex.read_evaluation(ex.result_dir(spec, root) / _file(spec), spec, root)
+
+
 def worst_case_eval(spec: ex.ExperimentSpec, device: str = "cpu", root: Path | None = None,
                     recompute: bool = False, progress: bool = True, position: int = 0) -> dict:
     """The stored worst-case robust accuracy of a trained model (worst-case-<AutoAttack setting>.json),
@@ -135,4 +145,4 @@ def worst_case_eval(spec: ex.ExperimentSpec, device: str = "cpu", root: Path | N
                 "ra_pgd_same_examples": aa["ra_pgd_same_examples"], "ra_aa": aa["ra_aa"],
                 "autoattack_warnings": aa.get("warnings", [])}
 
-    return ex.evaluation(spec, f"worst-case-{version}-n{n or 'all'}.json", compute, device, root, recompute, progress)
+    return ex.evaluation(spec, _file(spec), compute, device, root, recompute, progress)

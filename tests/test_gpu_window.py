@@ -73,3 +73,34 @@ def test_the_window_script_dry_run_measures_sizes_and_stores_units(tmp_path):
     metrics = json.loads(next(results.glob("smoke/*moe*/metrics.json")).read_text())
     assert metrics["provenance"]["accel"] == {"execution": "sparse", "compile": None, "channels_last": False,
                                               "bf16": False}
+
+
+def test_the_tables_show_stored_gpu_units_beside_and_never_compute_the_missing(tmp_path, monkeypatch):
+    from advmoe import data as datalib
+    from advmoe.worstcase import worst_case_eval
+
+    if not (datalib.data_dir() / "cifar10-jpeg").is_dir() and os.environ.get("CI") != "true":
+        pytest.skip("the CIFAR-10 JPEG copy is not unpacked (advmoe fetch cifar10-jpeg); CI always has it")
+    monkeypatch.setenv("ADVMOE_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("ADVMOE_ALLOW_DIRTY", "1")
+    gpupreset.sizing.cache_clear()
+    monkeypatch.setattr(gpupreset, "SIZING", tmp_path / "gpu-preset.json")
+    assert "No result of the gpu preset is stored yet" in gpupreset.beside("1")["note"]
+    # the gpu preset shrunk to seconds: its code paths, not its sizes
+    monkeypatch.setattr(gpupreset, "settings", lambda: dict(dataset="cifar10-jpeg", base_width=8, epochs=1, batch_size=32,
+                                                            train_subset=128, test_subset=32, eval_steps=2))
+    real = ex.autoattack_settings
+    monkeypatch.setattr(ex, "autoattack_settings", lambda p: ("apgd-ce", 8) if p == "gpu" else real(p))
+    for seed in (0, 1):
+        for label in ("AT (MoE)", "AdvMoE"):
+            _, kind, method, scale = next(row for row in ex.TABLE1 if row[0] == label)
+            worst_case_eval(ex.row_spec("gpu", kind, method, scale, seed=seed), progress=False)
+    shown = gpupreset.beside("1")
+    assert "4 of 20 gpu-preset models stored (seeds 0, 1)" in shown["note"]
+    assert "AdvMoE vs AT (MoE): seed SD of the gap" in shown["note"]
+    decided = [v for v in shown["verdicts"] if "gpu preset, 2 seeds" in v.detail]
+    assert [v.claim for v in decided] == ["AdvMoE RA > AT (MoE) RA (resnet18, cifar10-jpeg)"]
+    assert all("no results at this preset" in v.detail for v in shown["verdicts"] if v not in decided)
+    stored = [p.name for p in (tmp_path / "results" / "gpu").iterdir()]
+    assert len(stored) == 4 and all("-moe-n2-r0.5-" in n for n in stored)  # nothing else was trained for the page
+    gpupreset.sizing.cache_clear()
