@@ -141,3 +141,26 @@ def beside(table: str = "1", device: str = "cpu") -> dict:
     df = R.summary(records, metrics=metrics, table=table)
     return {"records": records, "verdicts": R.comparison_verdicts(records, "gpu", table),
             "table": R.display_table(df[df.seeds > 0], metrics=metrics), "note": note}
+
+
+WINDOW_REPORT = datalib.REPO / "results" / "bench" / "gpu-window.json"  # benchmarks/gpu_window.py's measurements
+
+
+def paper_speeds() -> tuple[dict, str]:
+    """The paper preset's speeds per Table-1 model, as benchmarks/paper_preset_gpu.py writes them (training and
+    PGD-50 images/s, GPU hours per seed: 100 epochs x 50,000 images and PGD-50 on 10,000), and where they come from:
+    the newest GPU window's fastest configuration (`WINDOW_REPORT`: its per-training speeds; K trainings sharing the
+    GPU divide the hours by their measured gain) when one is stored, else the eager H100 timing (`FALLBACK`)."""
+    if not WINDOW_REPORT.is_file():
+        return json.loads(FALLBACK.read_text()), f"{FALLBACK.name} (eager, NVIDIA H100, before issue 22)"
+    window = json.loads(WINDOW_REPORT.read_text())
+    config, gain = window["best_config"], window.get("concurrency_gain") or 1.0
+    models = {}
+    for label, speed in window["configs"][config].items():
+        pgd50 = speed["pgd20_images_per_s"] * EVAL_STEPS / 50
+        hours = (100 * N_TRAIN / speed["train_images_per_s"] + N_TEST / pgd50) / 3600 / gain
+        models[label] = {"train_images_per_s": speed["train_images_per_s"], "pgd50_images_per_s": pgd50,
+                         "hours_per_seed": hours}
+    return ({"device": window["device"], "models": models},
+            f"{WINDOW_REPORT.name} ({window['device']}, configuration {config!r}, {window.get('k', 1)} trainings at "
+            f"once: {gain:.2f}x the GPU's throughput of one)")

@@ -61,6 +61,9 @@ def test_the_window_script_dry_run_measures_sizes_and_stores_units(tmp_path):
     eager = report["configs"]["eager"]
     assert all(eager[m]["train_images_per_s"] > 0 and eager[m]["pgd20_images_per_s"] > 0 for m in SPEEDS)
     assert report["best_config"] == "eager" and set(report["concurrency"]) == {"1", "2"}
+    ratios = report["ratios_per_trades_step"]
+    assert ratios["AT (S-Dense) / AT (S-Dense)"] == 1 and ratios["AdvMoE / AT (S-Dense)"] == pytest.approx(
+        2 * eager["AdvMoE"]["train_images_per_s"] / eager["AT (S-Dense)"]["train_images_per_s"])
     assert all(v > 0 for v in report["concurrency"].values()) and report["k"] in (1, 2)
     assert report["sizing"]["epochs"] >= 1
     names = {ex.row_spec("smoke", k, m, s, seed=0).name for label, k, m, s in ex.TABLE1
@@ -104,3 +107,17 @@ def test_the_tables_show_stored_gpu_units_beside_and_never_compute_the_missing(t
     stored = [p.name for p in (tmp_path / "results" / "gpu").iterdir()]
     assert len(stored) == 4 and all("-moe-n2-r0.5-" in n for n in stored)  # nothing else was trained for the page
     gpupreset.sizing.cache_clear()
+
+
+def test_the_paper_speeds_come_from_the_newest_window_when_one_is_stored(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpupreset, "WINDOW_REPORT", tmp_path / "gpu-window.json")
+    old, source = gpupreset.paper_speeds()
+    assert "paper-preset-gpu.json" in source and old["models"]["AT (MoE)"]["hours_per_seed"] > 0
+    speeds = {m: {"train_images_per_s": 2 * v, "pgd20_images_per_s": PGD20[m]} for m, v in SPEEDS.items()}
+    (tmp_path / "gpu-window.json").write_text(json.dumps({"device": "GPU X", "best_config": "graphs", "k": 4,
+                                                          "concurrency_gain": 2.0, "configs": {"graphs": speeds}}))
+    new, source = gpupreset.paper_speeds()
+    assert "GPU X" in source and "4 trainings at once" in source
+    moe = new["models"]["AT (MoE)"]
+    assert moe["pgd50_images_per_s"] == pytest.approx(PGD20["AT (MoE)"] * 20 / 50)
+    assert moe["hours_per_seed"] == pytest.approx((100 * 50_000 / 3200 + 10_000 / moe["pgd50_images_per_s"]) / 3600 / 2)
