@@ -139,3 +139,13 @@ def test_the_cli_refuses_bad_settings_before_any_compute(monkeypatch, capsys):
     monkeypatch.setenv(accel.ENV, "bf16")
     assert main(["run", "--preset", "smoke", "--only", "nothing-matches-this"]) == 2
     assert "ADVMOE_ACCEL" in capsys.readouterr().err
+
+
+def test_compiled_holds_only_within_its_block_and_keeps_the_state_dict():
+    model = create_model("resnet18", "moe", 0.5, 2, base_width=4)
+    keys = list(model.state_dict())
+    with accel.compiled(model, "cpu", accel.Accel()):  # nothing asked: the module as it is
+        assert model._compiled_call_impl is None
+    with accel.compiled(model, "cpu", accel.Accel("static", compile="default")):  # compiled lazily, on first call
+        assert model._compiled_call_impl is not None and list(model.state_dict()) == keys
+    assert model._compiled_call_impl is None
