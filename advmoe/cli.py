@@ -198,6 +198,10 @@ def cmd_bench(args) -> int:
 
 def cmd_book(args) -> int:
     from . import book
+    if args.preset == "gpu" and not args.no_execute:
+        raise ValueError("the gpu preset has no book of its own: its stored units show on the Table 1 and Table 2 "
+                         "pages of the cpu book (advmoe book); compute them on a GPU with: bash benchmarks/gpu_window.sh "
+                         "run")
     if not args.no_execute:
         os.chdir(datalib.REPO)
         book.execute(args.preset, args.device, args.recompute, args.pages, jobs=args.jobs)

@@ -61,7 +61,7 @@ def settings(preset: str) -> dict:
                           "train_subset": None, "test_subset": None, "lr": 1e-4, "weight_decay": 0.0,
                           "optimizer": "adam", "schedule": "cyclic"},
                     n_sweep=None, n_worst=1_000)
-    raise ValueError(f"unknown preset {preset!r}; allowed: {', '.join(ex.PRESETS)}")
+    raise ValueError(f"the dual-model chapter has no preset {preset!r}; allowed: smoke, cpu, paper")
 
 
 def describe(preset: str) -> str:

@@ -52,7 +52,7 @@ def settings(preset: str) -> dict:
         return dict(spec={**common, "dataset": "cifar100", "base_width": 64, "epochs": 200, "batch_size": 640,
                           "train_subset": None, "test_subset": None, "lr": 0.01},
                     n_forced=None, n_traffic=10_000)
-    raise ValueError(f"unknown preset {preset!r}; allowed: {', '.join(ex.PRESETS)}")
+    raise ValueError(f"the Robust Experts chapter has no preset {preset!r}; allowed: smoke, cpu, paper")
 
 
 def describe(preset: str) -> str:

@@ -121,3 +121,14 @@ def test_the_paper_speeds_come_from_the_newest_window_when_one_is_stored(tmp_pat
     moe = new["models"]["AT (MoE)"]
     assert moe["pgd50_images_per_s"] == pytest.approx(PGD20["AT (MoE)"] * 20 / 50)
     assert moe["hours_per_seed"] == pytest.approx((100 * 50_000 / 3200 + 10_000 / moe["pgd50_images_per_s"]) / 3600 / 2)
+
+
+def test_the_gpu_preset_has_no_book_or_chapters_of_its_own(capsys):
+    from advmoe import dual, robust
+    from advmoe.cli import main
+
+    assert main(["book", "--preset", "gpu"]) == 2
+    assert "its stored units show on the Table 1 and Table 2 pages of the cpu book" in capsys.readouterr().err
+    for chapter, name in ((dual, "dual-model"), (robust, "Robust Experts")):
+        with pytest.raises(ValueError, match=f"the {name} chapter has no preset 'gpu'; allowed: smoke, cpu, paper"):
+            chapter.settings("gpu")
