@@ -22,8 +22,8 @@ def test_the_presets_follow_the_paper_where_it_is_known():
     assert dual.model_spec("cpu", "RT-ER MoE, beta = 3").hash != dual.model_spec("cpu", "RT-ER MoE").hash
     with pytest.raises(ValueError, match="network-moe or dual-moe, not 'moe'"):
         dual.spec("cpu", "moe")
-    with pytest.raises(ValueError, match="unknown preset"):
-        dual.settings("gpu")
+    with pytest.raises(ValueError, match="has no preset 'tpu'"):
+        dual.settings("tpu")
 
 
 def test_the_sgd_specs_keep_their_hash_and_the_cyclic_schedule_is_the_released_one():
