@@ -128,6 +128,9 @@ def test_the_gpu_preset_has_no_book_or_chapters_of_its_own(capsys):
     from advmoe.cli import main
 
     assert main(["book", "--preset", "gpu"]) == 2
+    from advmoe import report as R
+    with pytest.raises(ValueError, match="the gpu preset has no pages of its own"):
+        R.check_params("gpu", "cpu", False)
     assert "its stored units show on the Table 1 and Table 2 pages of the cpu book" in capsys.readouterr().err
     for chapter, name in ((dual, "dual-model"), (robust, "Robust Experts")):
         with pytest.raises(ValueError, match=f"the {name} chapter has no preset 'gpu'; allowed: smoke, cpu, paper"):

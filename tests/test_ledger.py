@@ -56,7 +56,7 @@ def test_landing_counts_are_the_ledgers_and_link_the_decided_claims(tmp_path, mo
     assert ledger.count_line(records) == "1 reproduced, 1 not reproduced, 1 not yet covered"
     assert "C1 **reproduced**: A beats B and C. ([Table 1](../notebooks/tab1_overall.ipynb))" in text
     assert "C2 **not reproduced**: D beats E. ([Fig. 2](../notebooks/fig2_at_vs_eps.ipynb))" in text
-    assert "Not executed at the `smoke`, `paper` presets." in text and "**Paper Y**: no chapter yet" in text
+    assert "Not executed at the `smoke`, `gpu`, `paper` presets." in text and "**Paper Y**: no chapter yet" in text
 
 
 def test_claim_ids_run_in_the_papers_order_and_no_comparison_is_listed_twice():
