@@ -17,7 +17,7 @@ results to OUT/gpu-results.tar.gz (metrics and evaluations, no checkpoints; with
 gpu-window.json, which the book reads), to be unpacked at the repository's root and committed:
 
     python benchmarks/gpu_window.py --out $OUT --minutes 8       (the GPU machine; data: advmoe fetch cifar10-jpeg)
-    python benchmarks/gpu_window.py --out DIR --dry-run          (a CPU, the smoke preset, about a minute: the test)
+    python benchmarks/gpu_window.py --out DIR --dry-run          (a CPU, the smoke preset, a few minutes: the test)
 """
 from __future__ import annotations
 
@@ -30,14 +30,14 @@ import tarfile
 import time
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from advmoe import accel, gpupreset  # noqa: E402
+from advmoe import accel, gpupreset  # noqa: E402  (before torch: it pins the CPU kernels, advmoe.numerics)
 from advmoe import experiments as ex  # noqa: E402
 from advmoe.io import atomic_write_json  # noqa: E402
+
+import torch  # noqa: E402
 
 CONFIGS = {"eager": "", "graphs": "compile=reduce-overhead", "graphs+bf16": "compile=reduce-overhead,channels_last,bf16"}
 TIMED = ("AT (Dense)", "AT (S-Dense)", "AT (MoE)", "AdvMoE")
@@ -217,7 +217,7 @@ def main() -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path)
     p.add_argument("--minutes", type=float, default=8.0, help="wall-clock budget of the whole call (default 8)")
-    p.add_argument("--dry-run", action="store_true", help="the smoke preset on the CPU, in about a minute")
+    p.add_argument("--dry-run", action="store_true", help="the smoke preset on the CPU, in a few minutes")
     p.add_argument("--worker", type=float, help=argparse.SUPPRESS)
     p.add_argument("--time-config", help=argparse.SUPPRESS)
     p.add_argument("--units", type=int, metavar="K", help=argparse.SUPPRESS)
