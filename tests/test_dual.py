@@ -138,7 +138,9 @@ def test_units_records_and_verdicts_at_the_smoke_preset(smoke_results):
     assert [v.claim[:2] for v in verdicts] == ["D1", "D1", "D2", "D3", "D3", "D3", "D3", "D4", "D4", "D5"]
     assert [v.claim for v in dual.verdicts(records, "smoke", only=("D4",))] == [v.claim for v in verdicts[7:9]]
     curves = dual.curves(records)
-    assert len(curves) == 2 * 2 * len(dual.ALPHAS) * 3 and curves.value.between(0, 100).all()
+    assert len(curves) == 2 * 2 * len(dual.ALPHAS) * 4 and curves.value.between(0, 100).all()
+    same = curves.pivot_table(index=["model", "seed", "alpha"], columns="metric", values="value")
+    assert (same["RA worst case"] <= same["RA-PGD (worst-case images)"] + 1e-9).all()  # PGD is one of its attacks
     table = dual.summary(dual.components(records))
     assert list(table.model) == ["ST MoE", "AT MoE", "RT-ER MoE"] and table["RA-E %"][2].endswith("(75.7)")
     cert = dual.certified_table(records)
