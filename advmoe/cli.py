@@ -360,8 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[ex.ALLOW_DIRTY] = "1"
     try:
         numerics.check()
-        if hasattr(args, "device"):  # ADVMOE_ACCEL checked before any compute (advmoe.accel)
-            accel.for_device(ex.resolve_device(args.device))
+        if hasattr(args, "device"):  # ADVMOE_ACCEL checked before any compute (advmoe.accel), for the device's type
+            import torch
+            gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
+            accel.for_device("cuda" if gpu else "cpu")
         executor = getattr(args, "executor", "local")
         settings = (getattr(args, "address", None), getattr(args, "gpus_per_run", 0.0),
                     getattr(args, "cpus_per_run", 1.0), getattr(args, "device", "cpu"))

@@ -28,6 +28,7 @@ from .models import KINDS, NETWORK_KINDS, TOPK_KINDS, check_alpha, check_model_a
 from .train import METHODS, PARTIAL, start_from, train, trajectory_settings
 
 PRESETS = ("smoke", "cpu", "gpu", "paper")
+BOOK_PRESETS = ("smoke", "cpu", "paper")  # what a page is executed at (the gpu preset shows on the cpu Table 1/2 pages)
 TABLE1 = (  # (label, kind, method, scale): the paper's Table 1 rows for one (dataset, backbone) cell (`row_spec`)
     ("AT (Dense)", "dense", "at", 1.0),
     ("AT (S-Dense)", "s-dense", "at", 0.5),

@@ -33,8 +33,8 @@ PAPER_FIG3, PAPER_FIG4 = paper.FIG3_RA, paper.FIG4_SHARES  # Sec. 4 text, r = 0.
 
 def scales(preset: str) -> list[float]:
     """The Fig. 3 page's default scale_grid at a preset: the paper's three (smoke: two, for speed)."""
-    if preset not in ex.PRESETS:
-        raise ValueError(f"preset must be one of {', '.join(ex.PRESETS)}, got {preset!r}")
+    if preset not in ex.BOOK_PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(ex.BOOK_PRESETS)}, got {preset!r}")
     return {"smoke": [0.5, 0.2], "cpu": PAPER_SCALES, "paper": PAPER_SCALES}[preset]
 
 

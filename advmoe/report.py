@@ -28,9 +28,6 @@ FIG1B = cells_.FIG1B_ST + tuple(r for r in ex.TABLE1 if r[0] != "AT (Sparse)")  
 IPYTHON_NAMES = {"In", "Out"}  # plain-valued names IPython itself puts in a notebook's namespace
 
 
-BOOK_PRESETS = tuple(p for p in ex.PRESETS if p != "gpu")  # the presets a page is executed at
-
-
 def check_params(preset: str, device: str, recompute: bool, names: dict | None = None, **lists) -> None:
     """Validate a notebook's parameters before any compute; raises ValueError with one line saying what is allowed.
 
@@ -46,8 +43,8 @@ def check_params(preset: str, device: str, recompute: bool, names: dict | None =
     if preset == "gpu":
         raise ValueError("the gpu preset has no pages of its own: its stored units show on the Table 1 and Table 2 "
                          "pages executed at the cpu preset (advmoe.gpupreset)")
-    if not isinstance(preset, str) or preset not in BOOK_PRESETS:
-        raise ValueError(f"preset must be one of {', '.join(BOOK_PRESETS)}, got {preset!r}")
+    if not isinstance(preset, str) or preset not in ex.BOOK_PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(ex.BOOK_PRESETS)}, got {preset!r}")
     if not isinstance(device, str):
         raise ValueError(f"device must be a string (cpu, cuda, cuda:N, auto), got {device!r}")
     ex.resolve_device(device)

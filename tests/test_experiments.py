@@ -33,7 +33,7 @@ def test_paper_preset_is_the_paper_protocol():
 
 
 @pytest.mark.parametrize("changes,needle", [
-    (dict(preset="fast"), "allowed: smoke, cpu, paper"),
+    (dict(preset="fast"), "allowed: smoke, cpu, gpu, paper"),
     (dict(dataset="svhn"), "allowed: cifar10, cifar100, cifar10-jpeg, tiny-imagenet, imagenet"),
     (dict(backbone="resnet50"), "allowed: resnet18, wrn28-10, vgg16, densenet"),
     (dict(method="hydra"), "allowed: standard, at, advmoe"),
@@ -57,7 +57,7 @@ def test_bad_spec_fails_before_compute(changes, needle):
 def test_cli_bad_input_is_one_line_and_exit_2(capsys):
     assert cli(["run", "--preset", "huge"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "allowed: smoke, cpu, paper" in err[0]
+    assert len(err) == 1 and "allowed: smoke, cpu, gpu, paper" in err[0]
     assert cli(["run", "--preset", "smoke", "--device", "tpu"]) == 2
     assert "allowed: cpu, cuda, cuda:N, auto" in capsys.readouterr().err
     assert cli(["run", "--preset", "smoke", "--only", "no-such-model"]) == 2
