@@ -109,7 +109,7 @@ PAIR = ("ST MoE", "RT-ER MoE")  # the separately trained dual model: (F_S, F_R)
 # The cpu preset's units in the book so far: a seed enters when the units of all four `MODELS` at it are stored, the
 # ablations when all four of theirs are (`benchmarks/units.py dual --more` computes the rest; `pending` names them).
 # Every other preset reads, and computes, all of them.
-CPU_BOOK = dict(seeds=(0, 1, 2), ablations=False)
+CPU_BOOK = dict(seeds=(0, 1, 2), ablations=True)
 
 
 def book_seeds(preset: str) -> tuple[int, ...]:
