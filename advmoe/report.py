@@ -564,12 +564,12 @@ def _compute_row(path: Path) -> dict | None:
                 commit=(p.get("git_commit") or "unknown")[:10])
 
 
-def compute_note(records: list[dict], preset: str) -> str:
+def compute_note(records: list[dict], preset: str, root: Path | None = None) -> str:
     """One line for a page: the measured worker-minutes of everything its records stand on (models, their parents,
-    every stored evaluation of them), from provenance."""
-    rows = compute_seconds(preset, specs=[r["spec"] for r in records if r.get("spec") is not None])
+    every stored evaluation of them), from provenance. Models count by spec hash: an ablation grid shares one name."""
+    rows = compute_seconds(preset, root=root, specs=[r["spec"] for r in records if r.get("spec") is not None])
     total = sum(r["seconds"] for r in rows) / 60
-    return (f"Compute behind this page, measured: {total:.0f} worker-minutes over {len({r['model'] for r in rows})} "
+    return (f"Compute behind this page, measured: {total:.0f} worker-minutes over {len({r['hash'] for r in rows})} "
             f"models and their evaluations (shared with other pages where the models are the same).")
 
 

@@ -240,6 +240,20 @@ def test_compute_seconds_count_a_chain_parent_once(tmp_path):
     assert {r["method"] for r in every} == {"at", "hydra-mask", "hydra-finetune"}
 
 
+def test_compute_note_counts_models_by_hash_not_name(tmp_path):
+    """The beta ablation's models share one name (the name omits beta): each is its own model in the note."""
+    from advmoe.io import atomic_write_json
+
+    specs = [R.ex.make_spec("smoke", "moe", "advmoe", 0.5, seed=0, **extra) for extra in ({}, dict(beta=3.0))]
+    assert specs[0].name == specs[1].name and specs[0].hash != specs[1].hash
+    for spec, seconds in zip(specs, (60.0, 120.0)):
+        atomic_write_json({"hash": spec.hash, "spec": R.ex.dataclasses.asdict(spec),
+                           "provenance": {"train_seconds_total": seconds, "eval_seconds": 0.0, "git_commit": "abc"}},
+                          R.ex.result_dir(spec, tmp_path) / "metrics.json")
+    note = R.compute_note([{"spec": s} for s in specs], "smoke", tmp_path)
+    assert "3 worker-minutes over 2 models" in note
+
+
 def test_label_names_every_page_model_and_falls_back_to_the_spec_name():
     assert R.label(R.ex.hydra_chain("cpu", 0.5, seed=2)) == "AT (Sparse)"
     assert R.label(R.ex.make_spec("cpu", "moe", "standard", 0.5, seed=1)) == "ST (MoE)"
